@@ -7,13 +7,14 @@
   after Nichol & Dhariwal 2021): keep the last ``history`` losses per step t, sample t with
   probability proportional to ``sqrt(E[L_t^2])`` mixed with ``uniform_prob`` of uniform, and return
   the importance weights ``1 / (T p_t)`` that keep the loss unbiased. Its history is training state
-  and round-trips through :meth:`state_dict` / :meth:`load_state_dict`.
+  and round-trips through the state dict of the model that owns it.
 """
 from __future__ import annotations
 
 from typing import Optional, Tuple
 
 import torch
+from torch import nn
 
 
 def uniform_discrete(
@@ -45,15 +46,20 @@ def antithetic_continuous(
     return eps + (1.0 - eps) * t
 
 
-class LossAwareSampler:
-    """Importance sampler over T discrete steps, weighted by the root mean squared recent loss."""
+class LossAwareSampler(nn.Module):
+    """Importance sampler over T discrete steps, weighted by the root mean squared recent loss.
+
+    An ``nn.Module`` whose history lives in buffers, so it is saved in (and restored from) the
+    state dict of any model that owns it: resuming training continues the same sampler.
+    """
 
     def __init__(self, num_steps: int, *, history: int = 10, uniform_prob: float = 1e-3):
+        super().__init__()
         self.num_steps = num_steps
         self.history = history
         self.uniform_prob = uniform_prob
-        self._losses = torch.zeros(num_steps, history, dtype=torch.float64)  # (T, H)
-        self._counts = torch.zeros(num_steps, dtype=torch.long)  # (T,)
+        self.register_buffer("_losses", torch.zeros(num_steps, history, dtype=torch.float64))  # (T, H)
+        self.register_buffer("_counts", torch.zeros(num_steps, dtype=torch.long))  # (T,)
 
     @property
     def warmed_up(self) -> bool:
@@ -72,11 +78,12 @@ class LossAwareSampler:
         self, batch_size: int, *, device=None, generator: Optional[torch.Generator] = None
     ) -> Tuple[torch.Tensor, torch.Tensor]:
         """Draw steps and their importance weights ``1/(T p_t)``: (LongTensor (B,), FloatTensor (B,))."""
-        p = self.weights()
+        p = self.weights().to(self._losses.device)
         t = torch.multinomial(p.float(), batch_size, replacement=True, generator=generator)
         w = 1.0 / (self.num_steps * p[t])
         return t.to(device), w.float().to(device)
 
+    @torch.no_grad()
     def update(self, t: torch.Tensor, losses: torch.Tensor) -> None:
         """Record per-example losses (B,) observed at steps t (B,), keeping the last ``history``."""
         for step, loss in zip(t.tolist(), losses.detach().double().cpu().tolist()):
@@ -87,17 +94,3 @@ class LossAwareSampler:
             else:
                 self._losses[step, n] = loss
                 self._counts[step] = n + 1
-
-    def state_dict(self) -> dict:
-        return {"losses": self._losses.clone(), "counts": self._counts.clone()}
-
-    def load_state_dict(self, state: dict) -> None:
-        losses, counts = state["losses"], state["counts"]
-        if tuple(losses.shape) != (self.num_steps, self.history):
-            raise ValueError(
-                f"loss-aware sampler state has shape {tuple(losses.shape)} but this model has "
-                f"T={self.num_steps} steps x history {self.history}; resume with the same "
-                "--diffusion-steps as the checkpoint"
-            )
-        self._losses.copy_(losses)
-        self._counts.copy_(counts)

@@ -1,0 +1,269 @@
+"""Samplers of masked diffusion models (MDLM, Sahoo et al. 2024; MD4, Shi et al. 2024).
+
+Every sampler drives a ``denoise_fn(z_t (B, L), t (B,)) -> logits (B, L, V)`` closure from a start
+z_1 (B, L): positions to generate hold ``mask_id``; every other position (bos, eos, pad, a prompt)
+is fixed, because unmasked tokens never change. Build z_1 with
+:func:`difftext.processes.masked.masked_prior`. The output holds no mask token.
+
+- :func:`ddpm_sample`: ancestral sampling on the grid 1 = t_0 > ... > t_N = 0. At each step s < t a
+  masked position unmasks with probability (alpha_s - alpha_t) / (1 - alpha_t) to a token drawn from
+  the SUBS distribution (for GenMD4 / spindle, alpha is evaluated at the drawn token).
+- :func:`ddpm_cache_sample`: MDLM's ddpm_cache for time-agnostic models: when z did not change
+  since the last network call, reuse that output. Same draws, same output as ddpm, fewer calls.
+- :func:`confidence_sample`: mask-predict (Ghazvininejad et al. 2019): predict every masked token,
+  keep the most confident, re-mask the rest; the re-masked count falls linearly to 0 over N steps.
+- :func:`semi_ar_sample`: MDLM semi-autoregressive generation of blocks left to right, each
+  conditioned on the previous ones, for any total length.
+- :func:`filter_log_probs` / :func:`draw_tokens`: temperature (0 = greedy), top-k, top-p.
+"""
+from __future__ import annotations
+
+from typing import Callable, Dict, Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from difftext.processes.masked import subs_log_probs
+from difftext.schedules.masking import LinearSchedule
+
+DenoiseFn = Callable[[Tensor, Tensor], Tensor]
+
+
+def filter_log_probs(log_probs: Tensor, *, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0) -> Tensor:
+    """Temperature, top-k (0 = off) and nucleus top-p (1 = off) filtering of (..., V): normalised (..., V)."""
+    if temperature < 0 or top_k < 0 or not 0.0 < top_p <= 1.0:
+        raise ValueError(
+            f"token sampling needs temperature >= 0, top_k >= 0 and top_p in (0, 1]; got "
+            f"{temperature}, {top_k}, {top_p}"
+        )
+    if temperature > 0:
+        log_probs = log_probs / temperature
+    if top_k > 0:
+        kth = log_probs.topk(min(top_k, log_probs.size(-1)), dim=-1).values[..., -1:]
+        log_probs = log_probs.masked_fill(log_probs < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_lp, order = log_probs.sort(dim=-1, descending=True)
+        probs = sorted_lp.softmax(-1)
+        drop_sorted = probs.cumsum(-1) - probs > top_p  # mass before this token already exceeds p
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        log_probs = log_probs.masked_fill(drop, float("-inf"))
+    return torch.log_softmax(log_probs, dim=-1)
+
+
+def draw_tokens(
+    log_probs: Tensor,
+    *,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    generator: Optional[torch.Generator] = None,
+) -> Tuple[Tensor, Tensor]:
+    """Draw one token per row of log_probs (N, V): tokens (N,) and their unfiltered log-prob (N,)."""
+    if log_probs.size(0) == 0:
+        return log_probs.new_zeros(0, dtype=torch.long), log_probs.new_zeros(0)
+    if temperature == 0:
+        tokens = log_probs.argmax(-1)
+    else:
+        probs = filter_log_probs(log_probs, temperature=temperature, top_k=top_k, top_p=top_p).exp()
+        tokens = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    return tokens, log_probs.gather(-1, tokens[:, None]).squeeze(-1)
+
+
+def _unmask_probability(schedule, t: Tensor, s: Tensor, x0_hat: Tensor, maskable: Tensor) -> Tensor:
+    """(alpha_s - alpha_t) / (1 - alpha_t): (B, 1) for scalar schedules, (B, L) for per-token ones."""
+    if bool((s <= 0).all()):
+        return torch.ones_like(x0_hat, dtype=torch.float)  # the last step reveals every position
+    if schedule.per_token:
+        alpha_t, alpha_s = schedule.alpha(t, x0_hat, maskable), schedule.alpha(s, x0_hat, maskable)
+    else:
+        alpha_t, alpha_s = schedule.alpha(t)[:, None], schedule.alpha(s)[:, None]
+    return ((alpha_s - alpha_t) / (1.0 - alpha_t).clamp_min(1e-12)).clamp(0.0, 1.0)
+
+
+def ddpm_step(
+    logits: Tensor,
+    z_t: Tensor,
+    t: Tensor,
+    s: Tensor,
+    *,
+    schedule,
+    mask_id: int,
+    maskable: Tensor,
+    generator: Optional[torch.Generator] = None,
+    **token_kwargs,
+) -> Tensor:
+    """One ancestral step z_t -> z_s, t and s (B,) with s < t. logits (B, L, V); returns z_s (B, L)."""
+    is_masked = z_t == mask_id  # (B, L)
+    log_probs = subs_log_probs(logits, z_t, mask_id=mask_id)  # (B, L, V)
+    x0_hat = z_t.clone()
+    x0_hat[is_masked] = draw_tokens(log_probs[is_masked], generator=generator, **token_kwargs)[0]
+    p_unmask = _unmask_probability(schedule, t, s, x0_hat, maskable)
+    u = torch.rand(z_t.shape, device=z_t.device, generator=generator)  # (B, L)
+    return torch.where(is_masked & (u < p_unmask), x0_hat, z_t)
+
+
+def _check_start(z_1: Tensor, num_steps: int) -> None:
+    if z_1.dim() != 2 or z_1.is_floating_point():
+        raise ValueError(f"z_1 must be a LongTensor (B, L); got {z_1.dtype} of shape {tuple(z_1.shape)}")
+    if num_steps < 1:
+        raise ValueError(f"num_steps={num_steps} must be >= 1")
+
+
+def _call(denoise_fn: DenoiseFn, z_t: Tensor, t: float) -> Tensor:
+    logits = denoise_fn(z_t, torch.full((z_t.size(0),), t, device=z_t.device))
+    if logits.dim() != 3 or logits.shape[:2] != z_t.shape:
+        raise ValueError(
+            f"denoise_fn must return logits (B, L, V) for z_t {tuple(z_t.shape)}; got {tuple(logits.shape)}"
+        )
+    return logits
+
+
+def _ancestral(denoise_fn, z_1, *, num_steps, mask_id, schedule, cache, generator, **token_kwargs) -> Tensor:
+    _check_start(z_1, num_steps)
+    schedule = LinearSchedule() if schedule is None else schedule
+    maskable, z_t, changed = z_1 == mask_id, z_1, True
+    grid = torch.linspace(1.0, 0.0, num_steps + 1, device=z_1.device)
+    for i in range(num_steps):
+        if not bool((z_t == mask_id).any()):
+            break
+        if changed or not cache:
+            logits = _call(denoise_fn, z_t, float(grid[i]))
+        t, s = grid[i].expand(z_t.size(0)), grid[i + 1].expand(z_t.size(0))
+        z_s = ddpm_step(
+            logits, z_t, t, s, schedule=schedule, mask_id=mask_id, maskable=maskable, generator=generator,
+            **token_kwargs,
+        )
+        changed, z_t = not torch.equal(z_s, z_t), z_s
+    return z_t
+
+
+@torch.no_grad()
+def ddpm_sample(
+    denoise_fn: DenoiseFn,
+    z_1: Tensor,
+    *,
+    num_steps: int,
+    mask_id: int,
+    schedule=None,
+    generator: Optional[torch.Generator] = None,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+) -> Tensor:
+    """Ancestral sampling from z_1 (B, L) in ``num_steps`` steps (schedule defaults to linear): (B, L)."""
+    return _ancestral(
+        denoise_fn, z_1, num_steps=num_steps, mask_id=mask_id, schedule=schedule, cache=False,
+        generator=generator, temperature=temperature, top_k=top_k, top_p=top_p,
+    )
+
+
+@torch.no_grad()
+def ddpm_cache_sample(
+    denoise_fn: DenoiseFn,
+    z_1: Tensor,
+    *,
+    num_steps: int,
+    mask_id: int,
+    schedule=None,
+    generator: Optional[torch.Generator] = None,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+) -> Tensor:
+    """:func:`ddpm_sample` that skips the network when z is unchanged; only for time-agnostic models."""
+    return _ancestral(
+        denoise_fn, z_1, num_steps=num_steps, mask_id=mask_id, schedule=schedule, cache=True,
+        generator=generator, temperature=temperature, top_k=top_k, top_p=top_p,
+    )
+
+
+def _remask_least_confident(tokens: Tensor, scores: Tensor, maskable: Tensor, count: Tensor, mask_id: int) -> Tensor:
+    """Mask the ``count`` (B,) lowest-score maskable positions of tokens (B, L): (B, L)."""
+    scores = scores.masked_fill(~maskable, float("inf"))
+    order = scores.argsort(dim=-1, stable=True)  # (B, L) positions by increasing confidence
+    positions = torch.arange(tokens.size(1), device=tokens.device).expand_as(order)
+    rank = torch.empty_like(order).scatter_(-1, order, positions)  # (B, L) rank of each position
+    return torch.where(rank < count[:, None], torch.full_like(tokens, mask_id), tokens)
+
+
+@torch.no_grad()
+def confidence_sample(
+    denoise_fn: DenoiseFn,
+    z_1: Tensor,
+    *,
+    num_steps: int,
+    mask_id: int,
+    schedule=None,
+    generator: Optional[torch.Generator] = None,
+    temperature: float = 0.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+) -> Tensor:
+    """Mask-predict from z_1 (B, L) in ``num_steps`` iterations: (B, L). Greedy by default.
+
+    At iteration i the masked fraction is (N - i)/N and that is the t passed to denoise_fn (the
+    linear-schedule time; ``schedule`` is accepted for a uniform registry signature and unused).
+    """
+    _check_start(z_1, num_steps)
+    maskable = z_1 == mask_id  # (B, L)
+    num_gen = maskable.sum(-1)  # (B,)
+    tokens, scores, z_t = z_1.clone(), torch.zeros(z_1.shape, device=z_1.device), z_1
+    for i in range(num_steps):
+        logits = _call(denoise_fn, z_t, (num_steps - i) / num_steps)
+        is_masked = z_t == mask_id
+        log_probs = subs_log_probs(logits, z_t, mask_id=mask_id)  # (B, L, V)
+        drawn, confidence = draw_tokens(
+            log_probs[is_masked], temperature=temperature, top_k=top_k, top_p=top_p, generator=generator
+        )
+        tokens[is_masked], scores[is_masked] = drawn, confidence.float()
+        count = num_gen * (num_steps - 1 - i) // num_steps  # (B,) linearly down to 0
+        z_t = _remask_least_confident(tokens, scores, maskable, count, mask_id)
+    return z_t
+
+
+SAMPLERS: Dict[str, Callable[..., Tensor]] = {
+    "ddpm": ddpm_sample,
+    "ddpm_cache": ddpm_cache_sample,
+    "confidence": confidence_sample,
+}
+
+
+def get_sampler(name: str) -> Callable[..., Tensor]:
+    """Sampler by name; each is called as f(denoise_fn, z_1, num_steps=, mask_id=, schedule=, ...)."""
+    if name not in SAMPLERS:
+        raise ValueError(f"unknown masked-diffusion sampler {name!r}; choose one of {sorted(SAMPLERS)}")
+    return SAMPLERS[name]
+
+
+@torch.no_grad()
+def semi_ar_sample(
+    denoise_fn: DenoiseFn,
+    prefix: Tensor,
+    *,
+    total_length: int,
+    model_length: int,
+    block_length: int,
+    num_steps: int,
+    mask_id: int,
+    sampler: str = "ddpm",
+    **sampler_kwargs,
+) -> Tensor:
+    """Generate blocks of ``block_length`` tokens left to right after prefix (B, P): (B, total_length).
+
+    Each block is sampled in a window of at most ``model_length`` tokens: the last
+    model_length - block_length tokens generated so far (fixed) followed by the masked block.
+    """
+    if prefix.dim() != 2 or prefix.size(1) > total_length:
+        raise ValueError(f"prefix must be (B, P) with P <= total_length={total_length}; got {tuple(prefix.shape)}")
+    if not 0 < block_length <= model_length:
+        raise ValueError(f"need 0 < block_length ({block_length}) <= model_length ({model_length})")
+    if bool((prefix == mask_id).any()):
+        raise ValueError(f"the prefix contains mask_id={mask_id}; it must be fully known")
+    sample, out = get_sampler(sampler), prefix
+    while out.size(1) < total_length:
+        n_new = min(block_length, total_length - out.size(1))
+        context = out[:, out.size(1) - min(out.size(1), model_length - n_new) :]
+        window = torch.cat([context, out.new_full((out.size(0), n_new), mask_id)], dim=1)
+        window = sample(denoise_fn, window, num_steps=num_steps, mask_id=mask_id, **sampler_kwargs)
+        out = torch.cat([out, window[:, -n_new:]], dim=1)
+    return out
