@@ -16,6 +16,7 @@ Only masked positions contribute; ``num_tokens`` counts the maskable positions, 
   token w_t(x0) (-log mu_{x0}) + sum_v w_t(v) mu_v - w_t(x0), with w_t(v) = w(v)/t, and the
   REINFORCE leave-one-out gradient for the learnable exponents.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -54,12 +55,15 @@ def _check_time(t: Tensor) -> None:
 def _masked_nll(
     logits: Tensor, x0: Tensor, z_t: Tensor, mask_id: int, maskable: Optional[Tensor]
 ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-    """SUBS log-probs (B, L, V), -log p(x0) at masked positions (B, L), masked (B, L), maskable (B, L)."""
+    """SUBS log-probs of masked rows (B, L, V), -log p(x0) at masked positions (B, L), masked, maskable.
+
+    Carry-over positions contribute exactly 0 and are left out, so log-probs are not carried over.
+    """
     if x0.shape != z_t.shape:
         raise ValueError(f"x0 {tuple(x0.shape)} and z_t {tuple(z_t.shape)} must have the same (B, L) shape")
     if maskable is None:
         maskable = torch.ones_like(x0, dtype=torch.bool)
-    log_probs = subs_log_probs(logits, z_t, mask_id=mask_id)  # (B, L, V)
+    log_probs = subs_log_probs(logits, z_t, mask_id=mask_id, carry_over=False)  # (B, L, V)
     is_masked = (z_t == mask_id) & maskable  # (B, L)
     nll = -log_probs.gather(-1, x0[..., None]).squeeze(-1)  # (B, L)
     nll = torch.where(is_masked, nll, torch.zeros_like(nll))
@@ -133,7 +137,9 @@ def d3pm_loss(
     sum over the batch of L_{t-1} + hybrid_lambda * CE (not scaled by T).
     """
     if num_steps < 1 or hybrid_lambda < 0:
-        raise ValueError(f"d3pm_loss needs num_steps >= 1 and hybrid_lambda >= 0; got {num_steps}, {hybrid_lambda}")
+        raise ValueError(
+            f"d3pm_loss needs num_steps >= 1 and hybrid_lambda >= 0; got {num_steps}, {hybrid_lambda}"
+        )
     _, nll, is_masked, maskable = _masked_nll(logits, x0, z_t, mask_id, maskable)
     alpha_s, alpha_t = per_token(alpha_s, nll), per_token(alpha_t, nll)
     coef = ((alpha_s - alpha_t) / (1.0 - alpha_t).clamp_min(1e-12)).clamp_min(0.0)  # (B, 1) or (B, L)
@@ -192,7 +198,10 @@ def genmd4_rloo_loss(
     k, b = num_samples, x0.size(0)
     alpha_t = schedule.alpha(t, x0)  # (B, L)
     z_t = torch.cat(
-        [q_sample(x0, alpha_t.detach(), mask_id=mask_id, maskable=maskable, generator=generator) for _ in range(k)]
+        [
+            q_sample(x0, alpha_t.detach(), mask_id=mask_id, maskable=maskable, generator=generator)
+            for _ in range(k)
+        ]
     )  # (K*B, L)
     t_k, x0_k, maskable_k = t.repeat(k), x0.repeat(k, 1), maskable.repeat(k, 1)
     terms = genmd4_loss(denoise_fn(z_t, t_k), x0_k, z_t, t_k, schedule, mask_id=mask_id, maskable=maskable_k)

@@ -8,6 +8,7 @@ sequence (B,) or one keep probability per token (B, L) (spindle, GenMD4). Positi
 SUBS (MDLM sec. 3.2): (1) zero masking probability, the logit of [M] is -inf; (2) carry-over
 unmasking, at a position where z_t^l != [M] the model's distribution is the one-hot on z_t^l.
 """
+
 from __future__ import annotations
 
 from typing import Optional, Sequence
@@ -16,7 +17,7 @@ import torch
 from torch import Tensor
 
 
-def protect(x: Tensor, protected_ids: Sequence[int]) -> Tensor:
+def maskable_positions(x: Tensor, protected_ids: Sequence[int]) -> Tensor:
     """Maskable positions of x (B, L): True where the token is none of ``protected_ids``. (B, L) bool."""
     maskable = torch.ones_like(x, dtype=torch.bool)
     for token in protected_ids:
@@ -42,11 +43,11 @@ def _resolve_maskable(
             "special symbols are never masked; pass protected_ids=() to allow masking every position"
         )
     if maskable is None:
-        return protect(x0, protected_ids)
+        return maskable_positions(x0, protected_ids)
     if maskable.shape != x0.shape or maskable.dtype != torch.bool:
         raise ValueError(f"`maskable` must be a bool tensor of shape {tuple(x0.shape)}")
     if protected_ids is not None:
-        maskable = maskable & protect(x0, protected_ids)
+        maskable = maskable & maskable_positions(x0, protected_ids)
     return maskable
 
 
@@ -70,7 +71,9 @@ def q_sample(
     if bool((alpha_t < 0).any()) or bool((alpha_t > 1).any()):
         raise ValueError("q_sample: alpha_t must lie in [0, 1]; check the schedule and the time t")
     if bool((maskable & (x0 == mask_id)).any()):
-        raise ValueError(f"q_sample: x0 already contains mask_id={mask_id}; the data must not use the mask symbol")
+        raise ValueError(
+            f"q_sample: x0 already contains mask_id={mask_id}; the data must not use the mask symbol"
+        )
     u = torch.rand(x0.shape, device=x0.device, generator=generator)  # (B, L)
     masked = (u >= alpha_t) & maskable
     return torch.where(masked, torch.full_like(x0, mask_id), x0)
@@ -84,17 +87,26 @@ def q_log_prob(z_t: Tensor, alpha_t: Tensor, *, mask_id: int, maskable: Tensor) 
     alpha_t = per_token(alpha_t, z_t).expand(z_t.shape)
     tiny = torch.finfo(alpha_t.dtype).tiny
     masked = z_t == mask_id
-    log_q = torch.where(masked, torch.log((1.0 - alpha_t).clamp_min(tiny)), torch.log(alpha_t.clamp_min(tiny)))
+    log_q = torch.where(
+        masked, torch.log((1.0 - alpha_t).clamp_min(tiny)), torch.log(alpha_t.clamp_min(tiny))
+    )
     return (log_q * maskable.to(log_q.dtype)).sum(-1)
 
 
 def subs_log_probs(
-    logits: Tensor, z_t: Tensor, *, mask_id: int, forbidden_ids: Sequence[int] = ()
+    logits: Tensor,
+    z_t: Tensor,
+    *,
+    mask_id: int,
+    forbidden_ids: Sequence[int] = (),
+    carry_over: bool = True,
 ) -> Tensor:
     """SUBS: the model's log-distribution over x0 given raw logits (B, L, V) and z_t (B, L): (B, L, V).
 
     At masked positions: log_softmax with the [M] logit (and any ``forbidden_ids``, e.g. pad) at -inf.
     At unmasked positions: carry-over, log of the one-hot on z_t (0 at z_t, -inf elsewhere).
+    ``carry_over=False`` skips the second half (the losses, whose unmasked terms are exactly 0,
+    save two (B, L, V) tensors): every row is then the masked-position distribution.
     """
     vocab = logits.size(-1)
     if not 0 <= mask_id < vocab:
@@ -108,6 +120,8 @@ def subs_log_probs(
     logits = logits.index_fill(-1, banned, float("-inf"))
     dtype = torch.promote_types(logits.dtype, torch.float32)  # half-precision logits: softmax in fp32
     log_probs = torch.log_softmax(logits, dim=-1, dtype=dtype)  # (B, L, V)
+    if not carry_over:
+        return log_probs
     carry = torch.full_like(log_probs, float("-inf")).scatter_(-1, z_t[..., None], 0.0)  # (B, L, V)
     is_masked = (z_t == mask_id)[..., None]  # (B, L, 1)
     return torch.where(is_masked, log_probs, carry)

@@ -3,7 +3,8 @@
 Every sampler drives a ``denoise_fn(z_t (B, L), t (B,)) -> logits (B, L, V)`` closure from a start
 z_1 (B, L): positions to generate hold ``mask_id``; every other position (bos, eos, pad, a prompt)
 is fixed, because unmasked tokens never change. Build z_1 with
-:func:`difftext.processes.masked.masked_prior`. The output holds no mask token.
+:func:`difftext.processes.masked.masked_prior`. The output holds no mask token, and no token of
+``forbidden_ids`` (e.g. pad, bos) at a generated position.
 
 - :func:`ddpm_sample`: ancestral sampling on the grid 1 = t_0 > ... > t_N = 0. At each step s < t a
   masked position unmasks with probability (alpha_s - alpha_t) / (1 - alpha_t) to a token drawn from
@@ -16,9 +17,10 @@ is fixed, because unmasked tokens never change. Build z_1 with
   conditioned on the previous ones, for any total length.
 - :func:`filter_log_probs` / :func:`draw_tokens`: temperature (0 = greedy), top-k, top-p.
 """
+
 from __future__ import annotations
 
-from typing import Callable, Dict, Optional, Tuple
+from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -29,7 +31,9 @@ from difftext.schedules.masking import LinearSchedule
 DenoiseFn = Callable[[Tensor, Tensor], Tensor]
 
 
-def filter_log_probs(log_probs: Tensor, *, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0) -> Tensor:
+def filter_log_probs(
+    log_probs: Tensor, *, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0
+) -> Tensor:
     """Temperature, top-k (0 = off) and nucleus top-p (1 = off) filtering of (..., V): normalised (..., V)."""
     if temperature < 0 or top_k < 0 or not 0.0 < top_p <= 1.0:
         raise ValueError(
@@ -89,12 +93,13 @@ def ddpm_step(
     schedule,
     mask_id: int,
     maskable: Tensor,
+    forbidden_ids: Sequence[int] = (),
     generator: Optional[torch.Generator] = None,
     **token_kwargs,
 ) -> Tensor:
     """One ancestral step z_t -> z_s, t and s (B,) with s < t. logits (B, L, V); returns z_s (B, L)."""
     is_masked = z_t == mask_id  # (B, L)
-    log_probs = subs_log_probs(logits, z_t, mask_id=mask_id)  # (B, L, V)
+    log_probs = subs_log_probs(logits, z_t, mask_id=mask_id, forbidden_ids=forbidden_ids)  # (B, L, V)
     x0_hat = z_t.clone()
     x0_hat[is_masked] = draw_tokens(log_probs[is_masked], generator=generator, **token_kwargs)[0]
     p_unmask = _unmask_probability(schedule, t, s, x0_hat, maskable)
@@ -122,15 +127,22 @@ def _ancestral(denoise_fn, z_1, *, num_steps, mask_id, schedule, cache, generato
     _check_start(z_1, num_steps)
     schedule = LinearSchedule() if schedule is None else schedule
     maskable, z_t, changed = z_1 == mask_id, z_1, True
-    grid = torch.linspace(1.0, 0.0, num_steps + 1, device=z_1.device)
+    grid = [1.0 - i / num_steps for i in range(num_steps)] + [0.0]  # 1 = t_0 > ... > t_N = 0
     for i in range(num_steps):
         if not bool((z_t == mask_id).any()):
             break
         if changed or not cache:
-            logits = _call(denoise_fn, z_t, float(grid[i]))
-        t, s = grid[i].expand(z_t.size(0)), grid[i + 1].expand(z_t.size(0))
+            logits = _call(denoise_fn, z_t, grid[i])
+        t, s = (torch.full((z_t.size(0),), v, device=z_t.device) for v in grid[i : i + 2])
         z_s = ddpm_step(
-            logits, z_t, t, s, schedule=schedule, mask_id=mask_id, maskable=maskable, generator=generator,
+            logits,
+            z_t,
+            t,
+            s,
+            schedule=schedule,
+            mask_id=mask_id,
+            maskable=maskable,
+            generator=generator,
             **token_kwargs,
         )
         changed, z_t = not torch.equal(z_s, z_t), z_s
@@ -145,6 +157,7 @@ def ddpm_sample(
     num_steps: int,
     mask_id: int,
     schedule=None,
+    forbidden_ids: Sequence[int] = (),
     generator: Optional[torch.Generator] = None,
     temperature: float = 1.0,
     top_k: int = 0,
@@ -152,8 +165,17 @@ def ddpm_sample(
 ) -> Tensor:
     """Ancestral sampling from z_1 (B, L) in ``num_steps`` steps (schedule defaults to linear): (B, L)."""
     return _ancestral(
-        denoise_fn, z_1, num_steps=num_steps, mask_id=mask_id, schedule=schedule, cache=False,
-        generator=generator, temperature=temperature, top_k=top_k, top_p=top_p,
+        denoise_fn,
+        z_1,
+        num_steps=num_steps,
+        mask_id=mask_id,
+        schedule=schedule,
+        cache=False,
+        forbidden_ids=forbidden_ids,
+        generator=generator,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
     )
 
 
@@ -165,6 +187,7 @@ def ddpm_cache_sample(
     num_steps: int,
     mask_id: int,
     schedule=None,
+    forbidden_ids: Sequence[int] = (),
     generator: Optional[torch.Generator] = None,
     temperature: float = 1.0,
     top_k: int = 0,
@@ -172,12 +195,23 @@ def ddpm_cache_sample(
 ) -> Tensor:
     """:func:`ddpm_sample` that skips the network when z is unchanged; only for time-agnostic models."""
     return _ancestral(
-        denoise_fn, z_1, num_steps=num_steps, mask_id=mask_id, schedule=schedule, cache=True,
-        generator=generator, temperature=temperature, top_k=top_k, top_p=top_p,
+        denoise_fn,
+        z_1,
+        num_steps=num_steps,
+        mask_id=mask_id,
+        schedule=schedule,
+        cache=True,
+        forbidden_ids=forbidden_ids,
+        generator=generator,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
     )
 
 
-def _remask_least_confident(tokens: Tensor, scores: Tensor, maskable: Tensor, count: Tensor, mask_id: int) -> Tensor:
+def _remask_least_confident(
+    tokens: Tensor, scores: Tensor, maskable: Tensor, count: Tensor, mask_id: int
+) -> Tensor:
     """Mask the ``count`` (B,) lowest-score maskable positions of tokens (B, L): (B, L)."""
     scores = scores.masked_fill(~maskable, float("inf"))
     order = scores.argsort(dim=-1, stable=True)  # (B, L) positions by increasing confidence
@@ -194,6 +228,7 @@ def confidence_sample(
     num_steps: int,
     mask_id: int,
     schedule=None,
+    forbidden_ids: Sequence[int] = (),
     generator: Optional[torch.Generator] = None,
     temperature: float = 0.0,
     top_k: int = 0,
@@ -211,7 +246,7 @@ def confidence_sample(
     for i in range(num_steps):
         logits = _call(denoise_fn, z_t, (num_steps - i) / num_steps)
         is_masked = z_t == mask_id
-        log_probs = subs_log_probs(logits, z_t, mask_id=mask_id)  # (B, L, V)
+        log_probs = subs_log_probs(logits, z_t, mask_id=mask_id, forbidden_ids=forbidden_ids)  # (B, L, V)
         drawn, confidence = draw_tokens(
             log_probs[is_masked], temperature=temperature, top_k=top_k, top_p=top_p, generator=generator
         )
@@ -254,7 +289,9 @@ def semi_ar_sample(
     model_length - block_length tokens generated so far (fixed) followed by the masked block.
     """
     if prefix.dim() != 2 or prefix.size(1) > total_length:
-        raise ValueError(f"prefix must be (B, P) with P <= total_length={total_length}; got {tuple(prefix.shape)}")
+        raise ValueError(
+            f"prefix must be (B, P) with P <= total_length={total_length}; got {tuple(prefix.shape)}"
+        )
     if not 0 < block_length <= model_length:
         raise ValueError(f"need 0 < block_length ({block_length}) <= model_length ({model_length})")
     if bool((prefix == mask_id).any()):

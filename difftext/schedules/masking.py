@@ -21,6 +21,7 @@ alpha_0 = 1 to alpha_1 = 0 (or eps). Every schedule gives ``alpha(t)``, its hand
 Scalar schedules return alpha with the shape of t; per-token ones (``per_token = True``) take
 ``(t (B,), x0 (B, L))`` and return (B, L).
 """
+
 from __future__ import annotations
 
 import math
@@ -162,22 +163,25 @@ class SpindleSchedule(nn.Module):
     def __init__(self, counts: Tensor, *, num_steps: int = 2048, lam: float = 0.3, max_keep: float = 0.999):
         super().__init__()
         if counts.dim() != 1 or bool((counts < 0).any()):
-            raise ValueError(f"spindle counts must be a non-negative (V,) tensor; got shape {tuple(counts.shape)}")
+            raise ValueError(
+                f"spindle counts must be a non-negative (V,) tensor; got shape {tuple(counts.shape)}"
+            )
         if num_steps < 1 or not 0.0 <= lam <= 1.0:
             raise ValueError(f"spindle needs num_steps >= 1 and lam in [0, 1]; got {num_steps}, {lam}")
         self.num_steps, self.lam, self.max_keep = num_steps, lam, max_keep
-        self.register_buffer("counts", counts.detach().double().clone())
+        # integer buffer: model.half() (fp16 training) leaves it exact, counts beyond 65504 included
+        self.register_buffer("counts", counts.detach().round().long().clone())
 
     def frequency(self) -> Tensor:
         """f(w) = log(count(w) + 1) / max_w log(count(w) + 1): (V,) in [0, 1]."""
-        log_counts = torch.log1p(self.counts)
+        log_counts = torch.log1p(self.counts.double())
         return (log_counts / log_counts.max().clamp_min(1e-12)).float()
 
     def alpha(self, t: Tensor, x0: Tensor, maskable: Optional[Tensor] = None) -> Tensor:
         """Keep probability p_t(i) at continuous t (B,) for tokens x0 (B, L): (B, L).
 
         The sequence mean of f runs over ``maskable`` positions (B, L) only (no pad / bos / eos).
-        At t = 0 it is exactly 1 (clean data), elsewhere clipped to [0, max_keep].
+        It is exactly 1 at t = 0 (clean data) and 0 at t = 1, elsewhere clipped to [0, max_keep].
         """
         if maskable is None:
             maskable = torch.ones_like(x0, dtype=torch.bool)
@@ -187,6 +191,7 @@ class SpindleSchedule(nn.Module):
         t = t[:, None]
         p = (1.0 - t) + self.lam * torch.sin(math.pi * t) * (f - mean_f)
         p = p.clamp(0.0, self.max_keep)
+        p = torch.where(t == 1, torch.zeros_like(p), p)  # exact, although sin(pi) != 0 in floating point
         return torch.where(t == 0, torch.ones_like(p), p)
 
     def alpha_bar(self, step: Tensor, x0: Tensor, maskable: Optional[Tensor] = None) -> Tensor:

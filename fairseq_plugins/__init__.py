@@ -1,0 +1,9 @@
+"""fairseq plugins of difftext: ``--user-dir fairseq_plugins`` registers the ``text_diffusion`` task,
+the diffusion models and architectures, the ``text_diffusion_loss`` criterion, and the safe-checkpoint
+loader. fairseq auto-imports nothing else from a user dir, so every module is imported here.
+"""
+from fairseq_plugins.errors import install_excepthook
+
+install_excepthook()
+
+from fairseq_plugins import criterions, models, tasks  # noqa: E402,F401  (registration side effects)

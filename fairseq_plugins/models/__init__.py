@@ -1,0 +1,1 @@
+from fairseq_plugins.models import difformer, diffuseq  # noqa: F401

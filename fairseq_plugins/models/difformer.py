@@ -1,0 +1,171 @@
+"""Difformer (Gao et al., NAACL 2024): encoder-decoder embedding diffusion with anchor loss.
+
+- encoder over the source (embeddings shared with the target, projected latent -> model dim);
+- decoder reads z_t (+ self-conditioning input, projected) + time embedding, cross-attends to the
+  encoder, and predicts z0_hat (x0-parameterisation);
+- loss = MSE(z0_hat, z0) + anchor CE(W z0_hat, y) (label-smoothed) + length_loss_factor * length CE;
+- z0 = LayerNorm(E[y]) (embedding norm), noise factor F, sqrt schedule, T = 2000;
+- a fairseq-NAT-style length predictor over the mean-pooled encoder output.
+"""
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from fairseq.models import register_model, register_model_architecture
+from torch import nn
+
+from difftext.losses.continuous import masked_mse, token_nll
+from difftext.nn import TimeEmbedding
+from fairseq_plugins.models.embedding_diffusion import (
+    DecodingProblem,
+    EmbeddingDiffusionConfig,
+    EmbeddingDiffusionModel,
+    architecture_defaults,
+)
+from fairseq_plugins.models.layers import Stack
+
+LENGTH_CLASSES = 256
+
+
+@dataclass
+class DifformerConfig(EmbeddingDiffusionConfig):
+    encoder_layers: int = field(default=6, metadata={"help": "encoder layers"})
+    decoder_layers: int = field(default=6, metadata={"help": "decoder (denoiser) layers"})
+    length_loss_factor: float = field(default=0.1, metadata={"help": "weight of the length-prediction loss"})
+    pred_length_offset: bool = field(
+        default=True, metadata={"help": "predict target length minus source length (fairseq NAT style)"}
+    )
+
+
+@register_model("difformer", dataclass=DifformerConfig)
+class DifformerModel(EmbeddingDiffusionModel):
+    def __init__(self, cfg, dictionary):
+        super().__init__(cfg, dictionary)
+        d, lat = cfg.model_dim, cfg.latent_dim
+        self.src_proj = nn.Linear(lat, d)
+        self.encoder = Stack(cfg, layers=cfg.encoder_layers, max_positions=cfg.max_source_positions, cross_attention=False)
+        self.z_proj = nn.Linear(lat * (2 if cfg.self_condition else 1), d)
+        self.time = TimeEmbedding(d)
+        self.decoder = Stack(cfg, layers=cfg.decoder_layers, max_positions=cfg.max_target_positions, cross_attention=True)
+        self.out_proj = nn.Linear(d, lat)
+        self.length = nn.Linear(d, LENGTH_CLASSES)
+
+    @classmethod
+    def build_model(cls, cfg, task):
+        cls.check_dictionaries(task)
+        return cls(cfg, task.target_dictionary)
+
+    def max_positions(self):
+        return (self.cfg.max_source_positions, self.cfg.max_target_positions)
+
+    # --- network pieces -------------------------------------------------------------------------
+    def encode(self, src_tokens):
+        """-> memory (S, B, C) time-first, memory padding mask (B, S), length log-probs (B, 256)."""
+        mask = src_tokens.eq(self.pad)
+        h = self.encoder(self.src_proj(self.embed_latent(src_tokens)), mask)  # (B, S, C)
+        keep = (~mask).unsqueeze(-1).type_as(h)
+        pooled = (h * keep).sum(1) / keep.sum(1).clamp(min=1)  # (B, C)
+        return h.transpose(0, 1), mask, F.log_softmax(self.length(pooled).float(), dim=-1)
+
+    def denoise(self, z_t, t, z0_self_cond, memory, memory_mask, padding_mask):
+        """z_t: (B, L, D), t: (B,) steps -> z0_hat (B, L, D)."""
+        x = z_t
+        if self.cfg.self_condition:
+            x = torch.cat([z_t, torch.zeros_like(z_t) if z0_self_cond is None else z0_self_cond], dim=-1)
+        time = self.time((t.float() + 1) / self.diffusion.num_steps).unsqueeze(1)  # (B, 1, C)
+        h = self.decoder(self.z_proj(x) + time, padding_mask, memory=memory, memory_padding_mask=memory_mask)
+        return self.out_proj(h)
+
+    def length_targets(self, src_tokens, lengths):
+        if not self.cfg.pred_length_offset:
+            return lengths.clamp(0, LENGTH_CLASSES - 1)
+        return (lengths - src_tokens.ne(self.pad).sum(-1) + LENGTH_CLASSES // 2).clamp(0, LENGTH_CLASSES - 1)
+
+    def lengths_from_classes(self, src_tokens, classes):
+        if self.cfg.pred_length_offset:
+            classes = classes - LENGTH_CLASSES // 2 + src_tokens.ne(self.pad).sum(-1, keepdim=True)
+        return classes.clamp(2, self.cfg.max_target_positions)
+
+    # --- training ------------------------------------------------------------------------------
+    def forward(self, src_tokens, src_lengths, prev_output_tokens=None, tgt_tokens=None, **unused):
+        """Named loss terms (fairseq nat_loss contract) for a batch of (source, target) pairs."""
+        memory, memory_mask, length_lprobs = self.encode(src_tokens)
+        tgt_mask = tgt_tokens.ne(self.pad)  # (B, L)
+        z0 = self.embed_latent(tgt_tokens)  # (B, L, D)
+        t, weights = self.sample_time(tgt_tokens.size(0), tgt_tokens.device)
+        z_t = self.diffusion.q_sample(z0, t)
+        z0_self_cond = None
+        if self.cfg.self_condition and torch.rand(()) < 0.5:
+            with torch.no_grad():
+                z0_self_cond = self.denoise(z_t, t, None, memory, memory_mask, ~tgt_mask).detach()
+        z0_hat = self.denoise(z_t, t, z0_self_cond, memory, memory_mask, ~tgt_mask)
+        mse = masked_mse(z0_hat, z0, tgt_mask)
+        anchor = token_nll(self.output_logits(z0_hat), tgt_tokens, tgt_mask, self.cfg.label_smoothing)
+        length_target = self.length_targets(src_tokens, tgt_mask.sum(-1))
+        length_nll = F.nll_loss(length_lprobs, length_target)
+        return {
+            "mse": {"loss": (weights * mse.per_example).sum() / mse.tokens.sum(), "factor": 1.0},
+            "anchor": {"loss": (weights * anchor.per_example).sum() / anchor.tokens.sum(), "factor": 1.0},
+            "length": {"loss": length_nll, "factor": self.cfg.length_loss_factor},
+        }
+
+    # --- decoding ------------------------------------------------------------------------------
+    def decoding_problem(self, src_tokens, src_lengths, *, length_beam: int, noise_beam: int) -> DecodingProblem:
+        """Encode once; K lengths x M noise samples per sentence share the expanded encoder memory."""
+        memory, memory_mask, length_lprobs = self.encode(src_tokens)
+        bsz = src_tokens.size(0)
+        k = min(length_beam, LENGTH_CLASSES)
+        top_lprobs, top_classes = length_lprobs.topk(k, dim=-1)  # (B, K)
+        lengths = self.lengths_from_classes(src_tokens, top_classes)
+        lengths = lengths.repeat_interleave(noise_beam, dim=1).reshape(-1)  # (N,)
+        owner = torch.arange(bsz, device=src_tokens.device).repeat_interleave(k * noise_beam)  # (N,)
+        max_len = int(lengths.max())
+        output_mask = torch.arange(max_len, device=lengths.device).unsqueeze(0) < lengths.unsqueeze(1)  # (N, L)
+        memory, memory_mask = memory.index_select(1, owner), memory_mask.index_select(0, owner)
+
+        def denoise_fn(z_t, t, z0_self_cond):
+            return self.denoise(z_t, t, z0_self_cond, memory, memory_mask, ~output_mask)
+
+        return DecodingProblem(
+            shape=(owner.numel(), max_len, self.cfg.latent_dim),
+            denoise_fn=denoise_fn,
+            owner=owner,
+            output_mask=output_mask,
+            prior_score=top_lprobs.repeat_interleave(noise_beam, dim=1).reshape(-1),
+        )
+
+
+def _difformer_defaults(args, **overrides):
+    defaults = dict(
+        latent_dim=128, model_dim=512, ffn_dim=2048, attention_heads=8, encoder_layers=6, decoder_layers=6,
+        dropout=0.1, diffusion_steps=2000, noise_schedule="sqrt", noise_factor=4.0, embed_norm=True,
+        self_condition=True, label_smoothing=0.1, length_loss_factor=0.1,
+    )
+    defaults.update(overrides)
+    architecture_defaults(args, **defaults)
+
+
+@register_model_architecture("difformer", "difformer_base")
+def difformer_base(args):
+    _difformer_defaults(args)
+
+
+@register_model_architecture("difformer", "difformer_iwslt_de_en")
+def difformer_iwslt_de_en(args):
+    """The paper's IWSLT14 De-En model: 6+6 layers, d 512, ffn 1024, 4 heads, latent 128, dropout 0.3."""
+    _difformer_defaults(args, ffn_dim=1024, attention_heads=4, dropout=0.3)
+
+
+@register_model_architecture("difformer", "difformer_small")
+def difformer_small(args):
+    """3+3 layers, d 256, ffn 1024, 4 heads: the size used by the quickstart and the benchmarks."""
+    _difformer_defaults(args, model_dim=256, ffn_dim=1024, attention_heads=4, encoder_layers=3, decoder_layers=3)
+
+
+@register_model_architecture("difformer", "difformer_tiny")
+def difformer_tiny(args):
+    """For tests: 1+1 layers, d 32."""
+    _difformer_defaults(
+        args, latent_dim=16, model_dim=32, ffn_dim=64, attention_heads=2, encoder_layers=1, decoder_layers=1,
+        diffusion_steps=100, max_source_positions=128, max_target_positions=128,
+    )

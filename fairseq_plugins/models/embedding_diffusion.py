@@ -1,0 +1,124 @@
+"""Shared base of the continuous embedding-diffusion models (Difformer, DiffuSeq).
+
+A model owns the token embedding E (V, latent_dim), the Gaussian process of ``difftext`` and a denoiser.
+It gives the criterion a dict of named loss terms (fairseq's ``nat_loss`` contract) and gives the
+generator a :class:`DecodingProblem`: the shape of the latent to denoise, the denoiser closure and what
+must stay fixed. The generator runs the reverse process and turns z0_hat into tokens.
+"""
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import torch
+from fairseq.dataclass import ChoiceEnum, FairseqDataclass
+from fairseq.models import BaseFairseqModel
+from fairseq.utils import safe_getattr
+from torch import nn
+
+from difftext.processes.gaussian import GaussianDiffusion, NoiseFactor
+from difftext.schedules.gaussian import SCHEDULES, build_schedule
+from fairseq_plugins.errors import DifftextError
+
+
+@dataclass
+class EmbeddingDiffusionConfig(FairseqDataclass):
+    latent_dim: int = field(default=128, metadata={"help": "dimension of the diffused token embeddings"})
+    model_dim: int = field(default=512, metadata={"help": "transformer width (latents are projected to it)"})
+    ffn_dim: int = field(default=2048, metadata={"help": "transformer feed-forward width"})
+    attention_heads: int = field(default=8, metadata={"help": "attention heads per layer"})
+    normalize_before: bool = field(default=False, metadata={"help": "pre-norm transformer layers"})
+    activation_fn: ChoiceEnum(["relu", "gelu"]) = field(default="gelu", metadata={"help": "FFN activation"})
+    dropout: float = field(default=0.1, metadata={"help": "dropout probability"})
+    attention_dropout: float = field(default=0.0, metadata={"help": "dropout on attention weights"})
+    activation_dropout: float = field(default=0.0, metadata={"help": "dropout after the FFN activation"})
+    max_source_positions: int = field(default=256, metadata={"help": "maximum source length (tokens)"})
+    max_target_positions: int = field(default=256, metadata={"help": "maximum target length (tokens)"})
+    diffusion_steps: int = field(default=2000, metadata={"help": "number of diffusion steps T"})
+    noise_schedule: ChoiceEnum(sorted(SCHEDULES)) = field(default="sqrt", metadata={"help": "alpha_bar schedule"})
+    noise_factor: float = field(default=1.0, metadata={"help": "noise factor F >= 1 (Difformer: 4 for IWSLT14)"})
+    variance_preserving_noise: bool = field(
+        default=False, metadata={"help": "apply F in variance-preserving form (same SNR, unit variance)"}
+    )
+    embed_norm: bool = field(default=False, metadata={"help": "z0 = LayerNorm(E[y]) (Difformer)"})
+    embed_norm_affine: bool = field(default=False, metadata={"help": "learnable gain/bias in the embedding norm"})
+    self_condition: bool = field(default=False, metadata={"help": "self-conditioning on the previous z0_hat (50%)"})
+    label_smoothing: float = field(default=0.1, metadata={"help": "label smoothing of the token cross-entropy"})
+
+
+@dataclass
+class DecodingProblem:
+    """What the generator needs to run the reverse process for N candidates."""
+
+    shape: tuple  # (N, L, D) of the latent
+    denoise_fn: Callable  # (z_t, t, z0_self_cond) -> z0_hat
+    owner: torch.Tensor  # (N,) index of the input sentence of each candidate
+    output_mask: torch.Tensor  # (N, L) True at positions that are decoded into output tokens
+    keep_mask: Optional[torch.Tensor] = None  # (N, L) positions reset to z0_fixed (partial noising)
+    z0_fixed: Optional[torch.Tensor] = None  # (N, L, D)
+    prior_score: Optional[torch.Tensor] = None  # (N,) e.g. length log-probability
+
+
+def architecture_defaults(args, **defaults):
+    """Fill every field of ``args`` that the user did not set from ``defaults`` (fairseq arch presets)."""
+    for name, value in defaults.items():
+        setattr(args, name, safe_getattr(args, name, value))
+
+
+class EmbeddingDiffusionModel(BaseFairseqModel):
+    """Base: token embedding table, embedding norm, Gaussian process; subclasses add the denoiser."""
+
+    def __init__(self, cfg, dictionary):
+        super().__init__()
+        self.cfg, self.dictionary = cfg, dictionary
+        self.pad, self.eos, self.bos = dictionary.pad(), dictionary.eos(), dictionary.bos()
+        self.embed = nn.Embedding(len(dictionary), cfg.latent_dim)
+        nn.init.normal_(self.embed.weight, mean=0.0, std=cfg.latent_dim**-0.5)
+        self.embed_norm = (
+            nn.LayerNorm(cfg.latent_dim, elementwise_affine=cfg.embed_norm_affine) if cfg.embed_norm else None
+        )
+        noise = NoiseFactor(cfg.noise_factor, cfg.variance_preserving_noise)
+        self.diffusion = GaussianDiffusion(build_schedule(cfg.noise_schedule), cfg.diffusion_steps, noise)
+
+    @classmethod
+    def check_dictionaries(cls, task):
+        if len(task.source_dictionary) != len(task.target_dictionary) or any(
+            a != b for a, b in zip(task.source_dictionary.symbols, task.target_dictionary.symbols)
+        ):
+            raise DifftextError(
+                f"{cls.__name__} shares one embedding between source and target, but the data has separate "
+                f"dictionaries ({len(task.source_dictionary)} and {len(task.target_dictionary)} types); "
+                "binarize with fairseq-preprocess --joined-dictionary"
+            )
+
+    def latent_table(self) -> torch.Tensor:
+        """The clean latents of all V tokens: (V, latent_dim) = (LayerNorm of) the embedding matrix."""
+        w = self.embed.weight
+        return self.embed_norm(w) if self.embed_norm is not None else w
+
+    def embed_latent(self, tokens: torch.Tensor) -> torch.Tensor:
+        """z0 of tokens (B, L) -> (B, L, latent_dim)."""
+        z = self.embed(tokens)
+        return self.embed_norm(z) if self.embed_norm is not None else z
+
+    def output_logits(self, z0_hat: torch.Tensor) -> torch.Tensor:
+        """The tied output layer: logits = z0_hat E^T, (B, L, D) -> (B, L, V)."""
+        return z0_hat @ self.latent_table().t()
+
+    def decoding_diffusion(self, noise_factor: Optional[float]) -> GaussianDiffusion:
+        if noise_factor is None:
+            return self.diffusion
+        return self.diffusion.with_noise(NoiseFactor(noise_factor, self.cfg.variance_preserving_noise))
+
+    def sample_time(self, batch_size: int, device):
+        """Training steps (B,) and per-example importance weights (B,): uniform by default."""
+        t = torch.randint(0, self.diffusion.num_steps, (batch_size,), device=device)
+        return t, torch.ones(batch_size, device=device)
+
+    def load_state_dict(self, state_dict, strict=True, model_cfg=None, args=None):
+        saved = state_dict.get("embed.weight")
+        if saved is not None and saved.shape[0] != len(self.dictionary):
+            raise DifftextError(
+                f"checkpoint was trained with a dictionary of {saved.shape[0]} types but the data dictionary "
+                f"has {len(self.dictionary)}; pass the data-bin directory the model was trained on "
+                "(same dict.*.txt)"
+            )
+        return super().load_state_dict(state_dict, strict=strict, model_cfg=model_cfg, args=args)

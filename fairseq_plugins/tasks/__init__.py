@@ -1,0 +1,1 @@
+from fairseq_plugins.tasks import text_diffusion  # noqa: F401

@@ -1,0 +1,94 @@
+"""The ``text_diffusion`` task: translation-style parallel data, decoded by a diffusion generator.
+
+It reads ``fairseq-preprocess`` binarized parallel data exactly like fairseq's ``translation`` task
+(joined dictionaries supported and required by models that share embeddings) and adds the decoding
+options of diffusion models. ``fairseq-generate``/``fairseq-interactive``/the hub interface reach the
+:class:`~fairseq_plugins.generator.DiffusionGenerator` through :meth:`build_generator`.
+"""
+import os
+from dataclasses import dataclass, field
+from typing import Optional
+
+from fairseq import utils
+from fairseq.dataclass import ChoiceEnum
+from fairseq.tasks import register_task
+from fairseq.tasks.translation import TranslationConfig, TranslationTask
+
+from fairseq_plugins.errors import DifftextError
+
+SELECTIONS = ChoiceEnum(["score", "mbr-bleu"])
+METHODS = ChoiceEnum(["ddim", "ddpm"])
+
+
+@dataclass
+class TextDiffusionConfig(TranslationConfig):
+    decoding_steps: int = field(
+        default=20, metadata={"help": "number of reverse-diffusion steps N at decoding (1 <= N <= T)"}
+    )
+    length_beam: int = field(
+        default=1, metadata={"help": "K: decode the K most likely target lengths of the length predictor"}
+    )
+    noise_beam: int = field(
+        default=1, metadata={"help": "M: independent noise samples per length (K x M candidates per input)"}
+    )
+    candidate_selection: SELECTIONS = field(
+        default="score",
+        metadata={"help": "pick among the K x M candidates by model score (mean token log-prob) or by "
+                  "MBR with sentence-BLEU utility (mbr-bleu)"},
+    )
+    clamping: bool = field(
+        default=False, metadata={"help": "replace z0_hat by its nearest embedding at every decoding step"}
+    )
+    decoding_method: METHODS = field(
+        default="ddim", metadata={"help": "reverse update: deterministic DDIM or ancestral DDPM"}
+    )
+    decoding_noise_factor: Optional[float] = field(
+        default=None, metadata={"help": "noise factor used at decoding (default: the training factor)"}
+    )
+    decoding_early_stop: int = field(
+        default=0, metadata={"help": "stop after this many of the N steps and output z0_hat (0: run all)"}
+    )
+
+
+@register_task("text_diffusion", dataclass=TextDiffusionConfig)
+class TextDiffusionTask(TranslationTask):
+    """Sequence-to-sequence text diffusion over binarized parallel data."""
+
+    cfg: TextDiffusionConfig
+
+    @classmethod
+    def setup_task(cls, cfg: TextDiffusionConfig, **kwargs):
+        paths = utils.split_paths(cfg.data) if cfg.data else []
+        if not paths:
+            raise DifftextError("no data directory given; pass the fairseq-preprocess output dir as the first argument")
+        for path in paths:
+            if not os.path.isdir(path):
+                raise DifftextError(
+                    f"data directory {path!r} does not exist; run fairseq-preprocess (or data_scripts/) "
+                    "first and pass its --destdir"
+                )
+        return super().setup_task(cfg, **kwargs)
+
+    def load_dataset(self, split, epoch=1, combine=False, **kwargs):
+        path = utils.split_paths(self.cfg.data)[0]
+        src, tgt = self.cfg.source_lang, self.cfg.target_lang
+        if not any(f.startswith(f"{split}.") for f in os.listdir(path)):
+            raise DifftextError(
+                f"no '{split}' split in {path!r} ({src}-{tgt}); binarize it with fairseq-preprocess "
+                f"(--{'trainpref' if split == 'train' else split + 'pref'}) or choose another --gen-subset"
+            )
+        super().load_dataset(split, epoch=epoch, combine=combine, **kwargs)
+
+    def get_batch_iterator(self, dataset, *args, required_batch_size_multiple=1, **kwargs):
+        # fairseq 0.12.3.1 drops the last batch when its size is not a multiple of
+        # --required-batch-size-multiple; outside training that silently loses up to 7 sentences.
+        if dataset is not self.datasets.get(self.cfg.train_subset):
+            required_batch_size_multiple = 1
+        return super().get_batch_iterator(
+            dataset, *args, required_batch_size_multiple=required_batch_size_multiple, **kwargs
+        )
+
+    def build_generator(self, models, args, seq_gen_cls=None, extra_gen_cls_kwargs=None, **unused):
+        from fairseq_plugins.generator import DiffusionGenerator
+
+        return DiffusionGenerator(models, self.target_dictionary, self.cfg)
