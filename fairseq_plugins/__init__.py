@@ -2,8 +2,10 @@
 the diffusion models and architectures, the ``text_diffusion_loss`` criterion, and the safe-checkpoint
 loader. fairseq auto-imports nothing else from a user dir, so every module is imported here.
 """
+from fairseq_plugins import checkpoints
 from fairseq_plugins.errors import install_excepthook
 
 install_excepthook()
+checkpoints.install()
 
 from fairseq_plugins import criterions, models, tasks  # noqa: E402,F401  (registration side effects)

@@ -62,7 +62,7 @@ class DiffusionGenerator:
             self.cfg.decoding_steps,
             method=self.cfg.decoding_method,
             clamp_embeddings=table if self.cfg.clamping else None,
-            self_condition=model.cfg.self_condition,
+            self_condition=model.self_conditioning,
             keep_mask=problem.keep_mask,
             z0_fixed=problem.z0_fixed,
             early_stop=self.cfg.decoding_early_stop,

@@ -44,7 +44,7 @@ class DifformerModel(EmbeddingDiffusionModel):
         d, lat = cfg.model_dim, cfg.latent_dim
         self.src_proj = nn.Linear(lat, d)
         self.encoder = Stack(cfg, layers=cfg.encoder_layers, max_positions=cfg.max_source_positions, cross_attention=False)
-        self.z_proj = nn.Linear(lat * (2 if cfg.self_condition else 1), d)
+        self.z_proj = nn.Linear(lat * (2 if cfg.self_condition_prob > 0 else 1), d)
         self.time = TimeEmbedding(d)
         self.decoder = Stack(cfg, layers=cfg.decoder_layers, max_positions=cfg.max_target_positions, cross_attention=True)
         self.out_proj = nn.Linear(d, lat)
@@ -70,7 +70,7 @@ class DifformerModel(EmbeddingDiffusionModel):
     def denoise(self, z_t, t, z0_self_cond, memory, memory_mask, padding_mask):
         """z_t: (B, L, D), t: (B,) steps -> z0_hat (B, L, D)."""
         x = z_t
-        if self.cfg.self_condition:
+        if self.self_conditioning:
             x = torch.cat([z_t, torch.zeros_like(z_t) if z0_self_cond is None else z0_self_cond], dim=-1)
         time = self.time((t.float() + 1) / self.diffusion.num_steps).unsqueeze(1)  # (B, 1, C)
         h = self.decoder(self.z_proj(x) + time, padding_mask, memory=memory, memory_padding_mask=memory_mask)
@@ -94,10 +94,7 @@ class DifformerModel(EmbeddingDiffusionModel):
         z0 = self.embed_latent(tgt_tokens)  # (B, L, D)
         t, weights = self.sample_time(tgt_tokens.size(0), tgt_tokens.device)
         z_t = self.diffusion.q_sample(z0, t)
-        z0_self_cond = None
-        if self.cfg.self_condition and torch.rand(()) < 0.5:
-            with torch.no_grad():
-                z0_self_cond = self.denoise(z_t, t, None, memory, memory_mask, ~tgt_mask).detach()
+        z0_self_cond = self.self_condition_input(lambda sc: self.denoise(z_t, t, sc, memory, memory_mask, ~tgt_mask))
         z0_hat = self.denoise(z_t, t, z0_self_cond, memory, memory_mask, ~tgt_mask)
         mse = masked_mse(z0_hat, z0, tgt_mask)
         anchor = token_nll(self.output_logits(z0_hat), tgt_tokens, tgt_mask, self.cfg.label_smoothing)
@@ -138,8 +135,8 @@ class DifformerModel(EmbeddingDiffusionModel):
 def _difformer_defaults(args, **overrides):
     defaults = dict(
         latent_dim=128, model_dim=512, ffn_dim=2048, attention_heads=8, encoder_layers=6, decoder_layers=6,
-        dropout=0.1, diffusion_steps=2000, noise_schedule="sqrt", noise_factor=4.0, embed_norm=True,
-        self_condition=True, label_smoothing=0.1, length_loss_factor=0.1,
+        dropout=0.1, diffusion_steps=2000, noise_schedule="sqrt", noise_factor=4.0, embed_norm="layernorm",
+        self_condition_prob=0.5, label_smoothing=0.1, length_loss_factor=0.1,
     )
     defaults.update(overrides)
     architecture_defaults(args, **defaults)

@@ -23,6 +23,7 @@ from fairseq_plugins.models.embedding_diffusion import (
     EmbeddingDiffusionModel,
     architecture_defaults,
 )
+from fairseq_plugins.errors import DifftextError
 from fairseq_plugins.models.layers import Stack
 
 
@@ -39,7 +40,7 @@ class DiffuSeqModel(EmbeddingDiffusionModel):
     def __init__(self, cfg, dictionary):
         super().__init__(cfg, dictionary)
         d = cfg.model_dim
-        self.in_proj = nn.Linear(cfg.latent_dim * (2 if cfg.self_condition else 1), d)
+        self.in_proj = nn.Linear(cfg.latent_dim * (2 if cfg.self_condition_prob > 0 else 1), d)
         self.time = TimeEmbedding(d)
         max_positions = cfg.max_source_positions + cfg.max_target_positions
         self.stack = Stack(cfg, layers=cfg.layers, max_positions=max_positions, cross_attention=False)
@@ -52,8 +53,11 @@ class DiffuSeqModel(EmbeddingDiffusionModel):
         return cls(cfg, task.target_dictionary)
 
     def max_positions(self):
-        # the target and its eos must fit in the region
-        return (self.cfg.max_source_positions, self.cfg.max_target_positions - 1)
+        # Training: the target and its eos must fit in the region. Decoding writes its own region, so
+        # references of any length are decoded (and scored) rather than filtered out.
+        if self.training:
+            return (self.cfg.max_source_positions, self.cfg.max_target_positions - 1)
+        return (self.cfg.max_source_positions, None)
 
     def sample_time(self, batch_size, device):
         if self.time_sampler is None or not self.training:
@@ -71,6 +75,11 @@ class DiffuSeqModel(EmbeddingDiffusionModel):
         bsz, region = src.size(0), self.cfg.max_target_positions
         tgt = src.new_full((bsz, region), self.pad)
         if tgt_tokens is not None:
+            if tgt_tokens.size(1) > region:
+                raise DifftextError(
+                    f"a target of {tgt_tokens.size(1)} tokens does not fit DiffuSeq's target region of {region}; "
+                    "raise --max-target-positions or pass --skip-invalid-size-inputs-valid-test"
+                )
             tgt[:, : tgt_tokens.size(1)] = tgt_tokens
         tokens = torch.cat([src, tgt], dim=1)
         src_pad = src.eq(self.pad)
@@ -81,7 +90,7 @@ class DiffuSeqModel(EmbeddingDiffusionModel):
 
     def denoise(self, z_t, t, z0_self_cond, padding, positions):
         x = z_t
-        if self.cfg.self_condition:
+        if self.self_conditioning:
             x = torch.cat([z_t, torch.zeros_like(z_t) if z0_self_cond is None else z0_self_cond], dim=-1)
         time = self.time((t.float() + 1) / self.diffusion.num_steps).unsqueeze(1)  # (B, 1, C)
         return self.out_proj(self.stack(self.in_proj(x) + time, padding, positions=positions))
@@ -93,10 +102,7 @@ class DiffuSeqModel(EmbeddingDiffusionModel):
         z0 = self.embed_latent(tokens)  # (B, S+R, D)
         t, weights = self.sample_time(tokens.size(0), tokens.device)
         z_t = self.diffusion.q_sample(z0, t, keep_mask=is_src)
-        z0_self_cond = None
-        if self.cfg.self_condition and torch.rand(()) < 0.5:
-            with torch.no_grad():
-                z0_self_cond = self.denoise(z_t, t, None, padding, positions).detach()
+        z0_self_cond = self.self_condition_input(lambda sc: self.denoise(z_t, t, sc, padding, positions))
         z0_hat = self.denoise(z_t, t, z0_self_cond, padding, positions)
         mse = masked_mse(z0_hat, z0, region)
         rounding = token_nll(self.output_logits(z0), tokens, region, self.cfg.label_smoothing)
@@ -131,7 +137,7 @@ class DiffuSeqModel(EmbeddingDiffusionModel):
 def _diffuseq_defaults(args, **overrides):
     defaults = dict(
         latent_dim=128, model_dim=768, ffn_dim=3072, attention_heads=12, layers=12, dropout=0.1,
-        diffusion_steps=2000, noise_schedule="sqrt", noise_factor=1.0, embed_norm=False, self_condition=False,
+        diffusion_steps=2000, noise_schedule="sqrt", noise_factor=1.0, embed_norm="none", self_condition_prob=0.0,
         label_smoothing=0.0, max_source_positions=64, max_target_positions=64,
     )
     defaults.update(overrides)
@@ -151,8 +157,8 @@ def diffuseq_small(args):
 
 @register_model_architecture("diffuseq", "diffuseq_tiny")
 def diffuseq_tiny(args):
-    """For tests: 1 layer, d 32, T 100, 32-token target region."""
+    """For tests: 1 layer, d 32, T 100, 64-token target region."""
     _diffuseq_defaults(
         args, latent_dim=16, model_dim=32, ffn_dim=64, attention_heads=2, layers=1, diffusion_steps=100,
-        max_source_positions=64, max_target_positions=32,
+        max_source_positions=128, max_target_positions=64,
     )

@@ -38,9 +38,14 @@ class EmbeddingDiffusionConfig(FairseqDataclass):
     variance_preserving_noise: bool = field(
         default=False, metadata={"help": "apply F in variance-preserving form (same SNR, unit variance)"}
     )
-    embed_norm: bool = field(default=False, metadata={"help": "z0 = LayerNorm(E[y]) (Difformer)"})
-    embed_norm_affine: bool = field(default=False, metadata={"help": "learnable gain/bias in the embedding norm"})
-    self_condition: bool = field(default=False, metadata={"help": "self-conditioning on the previous z0_hat (50%)"})
+    embed_norm: ChoiceEnum(["none", "layernorm", "affine"]) = field(
+        default="none", metadata={"help": "z0 = LayerNorm(E[y]) (Difformer), optionally with learnable gain/bias"}
+    )
+    self_condition_prob: float = field(
+        default=0.0,
+        metadata={"help": "fraction of training steps that feed the previous z0_hat back as input "
+                  "(self-conditioning; Difformer uses 0.5); 0 disables it at training and decoding"},
+    )
     label_smoothing: float = field(default=0.1, metadata={"help": "label smoothing of the token cross-entropy"})
 
 
@@ -72,9 +77,9 @@ class EmbeddingDiffusionModel(BaseFairseqModel):
         self.pad, self.eos, self.bos = dictionary.pad(), dictionary.eos(), dictionary.bos()
         self.embed = nn.Embedding(len(dictionary), cfg.latent_dim)
         nn.init.normal_(self.embed.weight, mean=0.0, std=cfg.latent_dim**-0.5)
-        self.embed_norm = (
-            nn.LayerNorm(cfg.latent_dim, elementwise_affine=cfg.embed_norm_affine) if cfg.embed_norm else None
-        )
+        self.embed_norm = None
+        if cfg.embed_norm != "none":
+            self.embed_norm = nn.LayerNorm(cfg.latent_dim, elementwise_affine=cfg.embed_norm == "affine")
         noise = NoiseFactor(cfg.noise_factor, cfg.variance_preserving_noise)
         self.diffusion = GaussianDiffusion(build_schedule(cfg.noise_schedule), cfg.diffusion_steps, noise)
 
@@ -107,6 +112,17 @@ class EmbeddingDiffusionModel(BaseFairseqModel):
         if noise_factor is None:
             return self.diffusion
         return self.diffusion.with_noise(NoiseFactor(noise_factor, self.cfg.variance_preserving_noise))
+
+    @property
+    def self_conditioning(self) -> bool:
+        return self.cfg.self_condition_prob > 0
+
+    def self_condition_input(self, run_denoiser) -> Optional[torch.Tensor]:
+        """With probability self_condition_prob, a detached first-pass z0_hat to condition on (else None)."""
+        if not self.self_conditioning or float(torch.rand(())) >= self.cfg.self_condition_prob:
+            return None
+        with torch.no_grad():
+            return run_denoiser(None).detach()
 
     def sample_time(self, batch_size: int, device):
         """Training steps (B,) and per-example importance weights (B,): uniform by default."""

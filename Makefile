@@ -1,0 +1,31 @@
+# Two commands set up and run everything on a fresh machine:
+#   make quickstart   # install into .venv, train + decode + score a Difformer on the shipped Multi30k sample
+#   make test         # install into .venv, run the test suite
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# torch first, so that nothing pulls a different build; fairseq's source build is pinned to it too.
+TORCH ?= torch==2.13.0
+BUDGET ?= 16
+
+.PHONY: install quickstart test test-fast clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: setup.py
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet "$(TORCH)"
+	$(PY) -c "import torch; print('torch==' + torch.__version__.split('+')[0])" > $(VENV)/constraints.txt
+	PIP_CONSTRAINT=$(CURDIR)/$(VENV)/constraints.txt $(PY) -m pip install --quiet -e ".[test,eval]"
+	touch $@
+
+quickstart: install
+	$(PY) examples/quickstart.py --budget $(BUDGET)
+
+test: install
+	$(PY) -m pytest tests -q
+
+test-fast: install
+	$(PY) -m pytest tests -q -m "not slow"
+
+clean:
+	rm -rf runs
