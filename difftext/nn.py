@@ -29,3 +29,17 @@ class TimeEmbedding(nn.Module):
     def forward(self, t: torch.Tensor) -> torch.Tensor:
         """t: (B,) in [0, 1] -> (B, dim)."""
         return self.mlp(timestep_embedding(t * self.scale, self.dim))
+
+
+def uniform_copy(src: torch.Tensor, src_mask: torch.Tensor, tgt_lengths: torch.Tensor, max_len: int) -> torch.Tensor:
+    """Copy source vectors to target positions by uniform alignment (NAT decoder inputs, Gu et al. 2018).
+
+    src: (B, S, D) with padding where src_mask (B, S) is True (left or right padding); tgt_lengths: (B,).
+    Target position j < tgt_length reads source token floor(j * src_len / tgt_len). -> (B, max_len, D).
+    """
+    src_len = (~src_mask).long().sum(-1).clamp(min=1)  # (B,)
+    leading = src_mask.long().cumprod(-1).sum(-1)  # (B,) pads before the first real token
+    j = torch.arange(max_len, device=src.device).unsqueeze(0)  # (1, L)
+    offset = (j * src_len.unsqueeze(1)) // tgt_lengths.clamp(min=1).unsqueeze(1)  # (B, L)
+    idx = leading.unsqueeze(1) + torch.minimum(offset, (src_len - 1).unsqueeze(1))
+    return src.gather(1, idx.unsqueeze(-1).expand(-1, -1, src.size(-1)))

@@ -8,6 +8,7 @@
 - a fairseq-NAT-style length predictor over the mean-pooled encoder output.
 """
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -15,7 +16,7 @@ from fairseq.models import register_model, register_model_architecture
 from torch import nn
 
 from difftext.losses.continuous import masked_mse, token_nll
-from difftext.nn import TimeEmbedding
+from difftext.nn import TimeEmbedding, uniform_copy
 from fairseq_plugins.models.embedding_diffusion import (
     DecodingProblem,
     EmbeddingDiffusionConfig,
@@ -27,6 +28,18 @@ from fairseq_plugins.models.layers import Stack
 LENGTH_CLASSES = 256
 
 
+class Encoded(NamedTuple):
+    memory: torch.Tensor  # (S, B, C) encoder output, time-first
+    memory_mask: torch.Tensor  # (B, S) True at source padding
+    length_lprobs: torch.Tensor  # (B, 256) length-class log-probabilities
+    src_latent: torch.Tensor  # (B, S, D) source embeddings (latent space)
+
+    def select(self, index: torch.Tensor) -> "Encoded":
+        """Rows ``index`` (N,) of every field: the encoder output reused by N candidates."""
+        return Encoded(self.memory.index_select(1, index), self.memory_mask.index_select(0, index),
+                       self.length_lprobs.index_select(0, index), self.src_latent.index_select(0, index))
+
+
 @dataclass
 class DifformerConfig(EmbeddingDiffusionConfig):
     encoder_layers: int = field(default=6, metadata={"help": "encoder layers"})
@@ -34,6 +47,11 @@ class DifformerConfig(EmbeddingDiffusionConfig):
     length_loss_factor: float = field(default=0.1, metadata={"help": "weight of the length-prediction loss"})
     pred_length_offset: bool = field(
         default=True, metadata={"help": "predict target length minus source length (fairseq NAT style)"}
+    )
+    src_embedding_copy: bool = field(
+        default=False,
+        metadata={"help": "also feed the decoder the source embeddings copied to the target length by uniform "
+                  "alignment (NAT decoder inputs, Gu et al. 2018); speeds up early training"},
     )
 
 
@@ -45,6 +63,7 @@ class DifformerModel(EmbeddingDiffusionModel):
         self.src_proj = nn.Linear(lat, d)
         self.encoder = Stack(cfg, layers=cfg.encoder_layers, max_positions=cfg.max_source_positions, cross_attention=False)
         self.z_proj = nn.Linear(lat * (2 if cfg.self_condition_prob > 0 else 1), d)
+        self.copy_proj = nn.Linear(lat, d) if cfg.src_embedding_copy else None
         self.time = TimeEmbedding(d)
         self.decoder = Stack(cfg, layers=cfg.decoder_layers, max_positions=cfg.max_target_positions, cross_attention=True)
         self.out_proj = nn.Linear(d, lat)
@@ -60,20 +79,29 @@ class DifformerModel(EmbeddingDiffusionModel):
 
     # --- network pieces -------------------------------------------------------------------------
     def encode(self, src_tokens):
-        """-> memory (S, B, C) time-first, memory padding mask (B, S), length log-probs (B, 256)."""
+        """-> Encoded: memory (S, B, C) time-first, its padding mask (B, S), length log-probs (B, 256),
+        source latents (B, S, D)."""
         mask = src_tokens.eq(self.pad)
-        h = self.encoder(self.src_proj(self.embed_latent(src_tokens)), mask)  # (B, S, C)
+        src_latent = self.embed_latent(src_tokens)
+        h = self.encoder(self.src_proj(src_latent), mask)  # (B, S, C)
         keep = (~mask).unsqueeze(-1).type_as(h)
         pooled = (h * keep).sum(1) / keep.sum(1).clamp(min=1)  # (B, C)
-        return h.transpose(0, 1), mask, F.log_softmax(self.length(pooled).float(), dim=-1)
+        return Encoded(h.transpose(0, 1), mask, F.log_softmax(self.length(pooled).float(), dim=-1), src_latent)
 
-    def denoise(self, z_t, t, z0_self_cond, memory, memory_mask, padding_mask):
+    def decoder_context(self, enc: "Encoded", lengths: torch.Tensor, max_len: int) -> torch.Tensor:
+        """What the decoder input gets besides z_t, fixed across steps: (B, L, C) or a (B, 1, C) zero."""
+        if self.copy_proj is None:
+            return enc.memory.new_zeros(lengths.size(0), 1, self.cfg.model_dim)
+        return self.copy_proj(uniform_copy(enc.src_latent, enc.memory_mask, lengths, max_len))
+
+    def denoise(self, z_t, t, z0_self_cond, enc: "Encoded", context, padding_mask):
         """z_t: (B, L, D), t: (B,) steps -> z0_hat (B, L, D)."""
         x = z_t
         if self.self_conditioning:
             x = torch.cat([z_t, torch.zeros_like(z_t) if z0_self_cond is None else z0_self_cond], dim=-1)
         time = self.time((t.float() + 1) / self.diffusion.num_steps).unsqueeze(1)  # (B, 1, C)
-        h = self.decoder(self.z_proj(x) + time, padding_mask, memory=memory, memory_padding_mask=memory_mask)
+        h = self.z_proj(x) + time + context
+        h = self.decoder(h, padding_mask, memory=enc.memory, memory_padding_mask=enc.memory_mask)
         return self.out_proj(h)
 
     def length_targets(self, src_tokens, lengths):
@@ -89,17 +117,18 @@ class DifformerModel(EmbeddingDiffusionModel):
     # --- training ------------------------------------------------------------------------------
     def forward(self, src_tokens, src_lengths, prev_output_tokens=None, tgt_tokens=None, **unused):
         """Named loss terms (fairseq nat_loss contract) for a batch of (source, target) pairs."""
-        memory, memory_mask, length_lprobs = self.encode(src_tokens)
+        enc = self.encode(src_tokens)
         tgt_mask = tgt_tokens.ne(self.pad)  # (B, L)
+        context = self.decoder_context(enc, tgt_mask.sum(-1), tgt_tokens.size(1))
         z0 = self.embed_latent(tgt_tokens)  # (B, L, D)
         t, weights = self.sample_time(tgt_tokens.size(0), tgt_tokens.device)
         z_t = self.diffusion.q_sample(z0, t)
-        z0_self_cond = self.self_condition_input(lambda sc: self.denoise(z_t, t, sc, memory, memory_mask, ~tgt_mask))
-        z0_hat = self.denoise(z_t, t, z0_self_cond, memory, memory_mask, ~tgt_mask)
+        z0_self_cond = self.self_condition_input(lambda sc: self.denoise(z_t, t, sc, enc, context, ~tgt_mask))
+        z0_hat = self.denoise(z_t, t, z0_self_cond, enc, context, ~tgt_mask)
         mse = masked_mse(z0_hat, z0, tgt_mask)
         anchor = token_nll(self.output_logits(z0_hat), tgt_tokens, tgt_mask, self.cfg.label_smoothing)
         length_target = self.length_targets(src_tokens, tgt_mask.sum(-1))
-        length_nll = F.nll_loss(length_lprobs, length_target)
+        length_nll = F.nll_loss(enc.length_lprobs, length_target)
         return {
             "mse": {"loss": (weights * mse.per_example).sum() / mse.tokens.sum(), "factor": 1.0},
             "anchor": {"loss": (weights * anchor.per_example).sum() / anchor.tokens.sum(), "factor": 1.0},
@@ -109,19 +138,20 @@ class DifformerModel(EmbeddingDiffusionModel):
     # --- decoding ------------------------------------------------------------------------------
     def decoding_problem(self, src_tokens, src_lengths, *, length_beam: int, noise_beam: int) -> DecodingProblem:
         """Encode once; K lengths x M noise samples per sentence share the expanded encoder memory."""
-        memory, memory_mask, length_lprobs = self.encode(src_tokens)
+        enc = self.encode(src_tokens)
         bsz = src_tokens.size(0)
         k = min(length_beam, LENGTH_CLASSES)
-        top_lprobs, top_classes = length_lprobs.topk(k, dim=-1)  # (B, K)
+        top_lprobs, top_classes = enc.length_lprobs.topk(k, dim=-1)  # (B, K)
         lengths = self.lengths_from_classes(src_tokens, top_classes)
         lengths = lengths.repeat_interleave(noise_beam, dim=1).reshape(-1)  # (N,)
         owner = torch.arange(bsz, device=src_tokens.device).repeat_interleave(k * noise_beam)  # (N,)
         max_len = int(lengths.max())
         output_mask = torch.arange(max_len, device=lengths.device).unsqueeze(0) < lengths.unsqueeze(1)  # (N, L)
-        memory, memory_mask = memory.index_select(1, owner), memory_mask.index_select(0, owner)
+        enc = enc.select(owner)
+        context = self.decoder_context(enc, lengths, max_len)
 
         def denoise_fn(z_t, t, z0_self_cond):
-            return self.denoise(z_t, t, z0_self_cond, memory, memory_mask, ~output_mask)
+            return self.denoise(z_t, t, z0_self_cond, enc, context, ~output_mask)
 
         return DecodingProblem(
             shape=(owner.numel(), max_len, self.cfg.latent_dim),
