@@ -150,63 +150,26 @@ def _ancestral(denoise_fn, z_1, *, num_steps, mask_id, schedule, cache, generato
 
 
 @torch.no_grad()
-def ddpm_sample(
-    denoise_fn: DenoiseFn,
-    z_1: Tensor,
-    *,
-    num_steps: int,
-    mask_id: int,
-    schedule=None,
-    forbidden_ids: Sequence[int] = (),
-    generator: Optional[torch.Generator] = None,
-    temperature: float = 1.0,
-    top_k: int = 0,
-    top_p: float = 1.0,
-) -> Tensor:
-    """Ancestral sampling from z_1 (B, L) in ``num_steps`` steps (schedule defaults to linear): (B, L)."""
-    return _ancestral(
-        denoise_fn,
-        z_1,
-        num_steps=num_steps,
-        mask_id=mask_id,
-        schedule=schedule,
-        cache=False,
-        forbidden_ids=forbidden_ids,
-        generator=generator,
-        temperature=temperature,
-        top_k=top_k,
-        top_p=top_p,
-    )
+def ddpm_sample(denoise_fn: DenoiseFn, z_1: Tensor, **kwargs) -> Tensor:
+    """Ancestral sampling from z_1 (B, L): (B, L).
+
+    Keyword arguments: ``num_steps``, ``mask_id``, ``schedule`` (default linear), ``forbidden_ids``,
+    ``generator``, ``temperature``, ``top_k``, ``top_p``.
+    """
+    return _ancestral(denoise_fn, z_1, cache=False, **_sampling_defaults(kwargs))
 
 
 @torch.no_grad()
-def ddpm_cache_sample(
-    denoise_fn: DenoiseFn,
-    z_1: Tensor,
-    *,
-    num_steps: int,
-    mask_id: int,
-    schedule=None,
-    forbidden_ids: Sequence[int] = (),
-    generator: Optional[torch.Generator] = None,
-    temperature: float = 1.0,
-    top_k: int = 0,
-    top_p: float = 1.0,
-) -> Tensor:
+def ddpm_cache_sample(denoise_fn: DenoiseFn, z_1: Tensor, **kwargs) -> Tensor:
     """:func:`ddpm_sample` that skips the network when z is unchanged; only for time-agnostic models."""
-    return _ancestral(
-        denoise_fn,
-        z_1,
-        num_steps=num_steps,
-        mask_id=mask_id,
-        schedule=schedule,
-        cache=True,
-        forbidden_ids=forbidden_ids,
-        generator=generator,
-        temperature=temperature,
-        top_k=top_k,
-        top_p=top_p,
-    )
+    return _ancestral(denoise_fn, z_1, cache=True, **_sampling_defaults(kwargs))
+
+
+def _sampling_defaults(kwargs: dict) -> dict:
+    for name in ("num_steps", "mask_id"):
+        if name not in kwargs:
+            raise TypeError(f"missing required keyword argument {name!r}")
+    return {"schedule": None, "generator": None, **kwargs}
 
 
 def _remask_least_confident(
