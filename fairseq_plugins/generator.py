@@ -67,11 +67,15 @@ class DiffusionGenerator:
             z0_fixed=problem.z0_fixed,
             early_stop=self.cfg.decoding_early_stop,
         )
-        candidates = self._round(model.output_logits(z0_hat), problem.output_mask)
+        candidates = self._round(model.output_logits(z0_hat), problem.output_mask, problem.stop_at_eos)
         return self._select(candidates, problem.owner, src_tokens.size(0))
 
-    def _round(self, logits, output_mask) -> List[Dict]:
-        """Argmax tokens of each candidate's output positions, cut at the first eos/pad; eos appended."""
+    def _round(self, logits, output_mask, stop_at_eos: bool) -> List[Dict]:
+        """Argmax tokens of each candidate's output positions; eos appended.
+
+        stop_at_eos: cut at the first generated eos/pad (the length is generated); otherwise the length
+        is given and eos/pad generated inside it are dropped.
+        """
         logits = logits.float()
         logits[..., self.bos] = float("-inf")
         lprobs = torch.log_softmax(logits, dim=-1)
@@ -79,13 +83,17 @@ class DiffusionGenerator:
         out = []
         for n in range(tokens.size(0)):
             toks, sc = tokens[n][output_mask[n]], scores[n][output_mask[n]]
-            stop = (toks.eq(self.eos) | toks.eq(self.pad)).nonzero()
-            end = int(stop[0]) if len(stop) else toks.numel()
-            eos_score = sc[end : end + 1] if end < toks.numel() else sc.new_zeros(1)
-            positional = torch.cat([sc[:end], eos_score])
+            special = toks.eq(self.eos) | toks.eq(self.pad)
+            if stop_at_eos:
+                stop = special.nonzero()
+                end = int(stop[0]) if len(stop) else toks.numel()
+                keep = torch.arange(toks.numel(), device=toks.device) < end
+            else:
+                keep = ~special
+            positional = torch.cat([sc[keep], sc[special][:1] if special.any() else sc.new_zeros(1)])
             out.append(
                 {
-                    "tokens": torch.cat([toks[:end], toks.new_full((1,), self.eos)]),
+                    "tokens": torch.cat([toks[keep], toks.new_full((1,), self.eos)]),
                     "score": positional.mean(),
                     "positional_scores": positional,
                     "alignment": None,

@@ -159,6 +159,7 @@ class DifformerModel(EmbeddingDiffusionModel):
             owner=owner,
             output_mask=output_mask,
             prior_score=top_lprobs.repeat_interleave(noise_beam, dim=1).reshape(-1),
+            stop_at_eos=False,
         )
 
 
