@@ -27,8 +27,9 @@ class TimeEmbedding(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.SiLU(), nn.Linear(4 * dim, dim))
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
-        """t: (B,) in [0, 1] -> (B, dim)."""
-        return self.mlp(timestep_embedding(t * self.scale, self.dim))
+        """t: (B,) in [0, 1] -> (B, dim), in the dtype of the module (fp16/bf16 models included)."""
+        emb = timestep_embedding(t * self.scale, self.dim)  # float32 sinusoids
+        return self.mlp(emb.to(self.mlp[0].weight.dtype))
 
 
 def uniform_copy(src: torch.Tensor, src_mask: torch.Tensor, tgt_lengths: torch.Tensor, max_len: int) -> torch.Tensor:

@@ -141,7 +141,7 @@ class DifformerModel(EmbeddingDiffusionModel):
         enc = self.encode(src_tokens)
         bsz = src_tokens.size(0)
         k = min(length_beam, LENGTH_CLASSES)
-        top_lprobs, top_classes = enc.length_lprobs.topk(k, dim=-1)  # (B, K)
+        top_classes = enc.length_lprobs.topk(k, dim=-1).indices  # (B, K)
         lengths = self.lengths_from_classes(src_tokens, top_classes)
         lengths = lengths.repeat_interleave(noise_beam, dim=1).reshape(-1)  # (N,)
         owner = torch.arange(bsz, device=src_tokens.device).repeat_interleave(k * noise_beam)  # (N,)
@@ -158,7 +158,6 @@ class DifformerModel(EmbeddingDiffusionModel):
             denoise_fn=denoise_fn,
             owner=owner,
             output_mask=output_mask,
-            prior_score=top_lprobs.repeat_interleave(noise_beam, dim=1).reshape(-1),
             stop_at_eos=False,
         )
 

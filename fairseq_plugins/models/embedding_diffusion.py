@@ -59,7 +59,6 @@ class DecodingProblem:
     output_mask: torch.Tensor  # (N, L) True at positions that are decoded into output tokens
     keep_mask: Optional[torch.Tensor] = None  # (N, L) positions reset to z0_fixed (partial noising)
     z0_fixed: Optional[torch.Tensor] = None  # (N, L, D)
-    prior_score: Optional[torch.Tensor] = None  # (N,) e.g. length log-probability
     # True: the output ends at the first generated eos/pad (DiffuSeq). False: the length is given
     # (length predictor) and eos/pad generated inside it are dropped (Difformer).
     stop_at_eos: bool = True

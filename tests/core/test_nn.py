@@ -10,6 +10,7 @@ def test_timestep_embedding_shape_and_distinct_times():
     assert torch.allclose(emb[0, :4], torch.ones(4)) and torch.allclose(emb[0, 4:8], torch.zeros(4))
     assert not torch.allclose(emb[1], emb[2])
     assert TimeEmbedding(8)(torch.rand(5)).shape == (5, 8)
+    assert TimeEmbedding(8).to(torch.bfloat16)(torch.rand(5)).dtype == torch.bfloat16
 
 
 def test_uniform_copy_left_and_right_padding():
