@@ -120,12 +120,28 @@ def count_lines(path: Path) -> int:
         return sum(1 for _ in f)
 
 
-def find_raw_file(raw_dir: Path, name: str) -> Path:
-    """``raw_dir/name`` or, failing that, ``raw_dir/name.gz``; a ``PrepareError`` names both if neither exists."""
-    for candidate in (raw_dir / name, raw_dir / f"{name}.gz"):
-        if candidate.is_file():
-            return candidate
-    raise PrepareError(f"missing raw file: {raw_dir / name} (or {name}.gz); check --raw-dir and the split names")
+def find_raw_file(raw_dir: Path, name: str, *alternatives: str) -> Path:
+    """``raw_dir/name`` (or ``name.gz``), else the first alternative name found; a ``PrepareError`` names them all."""
+    for stem in (name, *alternatives):
+        for candidate in (raw_dir / stem, raw_dir / f"{stem}.gz"):
+            if candidate.is_file():
+                return candidate
+    for stem in (name, *alternatives):  # official archives extract into subfolders (de-en/, training/, dev/)
+        found = sorted(raw_dir.rglob(Path(stem).name)) + sorted(raw_dir.rglob(f"{Path(stem).name}.gz"))
+        if found:
+            return found[0]
+    others = "".join(f" or {a}" for a in alternatives)
+    raise PrepareError(
+        f"missing raw file: {raw_dir / name} (or {name}.gz{others}); check --raw-dir, or pass --download to fetch it"
+    )
+
+
+def check_aligned(name: str, lines: dict[str, Sequence[str]]) -> None:
+    """Raise a ``PrepareError`` naming ``name`` unless every side of ``{side: lines}`` has as many lines."""
+    counts = {side: len(side_lines) for side, side_lines in lines.items()}
+    if len(set(counts.values())) > 1:
+        raise PrepareError(f"{name}: line counts differ {counts}; the sides must be line-aligned "
+                           "(pass the official, unmodified files)")
 
 
 def sha256_file(path: Path) -> str:
@@ -159,6 +175,7 @@ def clean_pairs(
     max_len: int,
     max_ratio: float,
     name: str = "train",
+    unit: str = "pairs",
 ) -> tuple[list[tuple[Sequence[str], Sequence[str]]], dict[str, int]]:
     """Keep the pairs of piece sequences that pass ``drop_reason``; count each drop reason.
 
@@ -177,23 +194,30 @@ def clean_pairs(
             counts[reason] += 1
     dropped = " ".join(f"{r}={counts[r]}" for r in DROP_REASONS)
     print(
-        f"clean {name}: kept {len(kept)} of {len(src)} pairs; dropped {dropped} "
+        f"clean {name}: kept {len(kept)} of {len(src)} {unit}; dropped {dropped} "
         f"(max_len={max_len} pieces, max_ratio={max_ratio})",
         flush=True,
     )
     return kept, dict(counts)
 
 
-def add_cleaning_args(parser) -> None:
-    """Add ``--max-len`` and ``--max-ratio`` to an argparse parser."""
+def clean_lines(lines: Sequence[Sequence[str]], *, max_len: int, name: str = "train") -> tuple[list, dict[str, int]]:
+    """The one-sided ``clean_pairs`` of monolingual data: drop empty and too long lines, count each reason."""
+    kept, counts = clean_pairs(lines, lines, max_len=max_len, max_ratio=float("inf"), name=name, unit="lines")
+    return [pair[0] for pair in kept], counts
+
+
+def add_cleaning_args(parser, max_len: int = 250, max_ratio: float = 3.0) -> None:
+    """Add ``--max-len`` and ``--max-ratio`` (with a dataset's defaults) to an argparse parser."""
     parser.add_argument(
-        "--max-len", type=int, default=250, help="drop training pairs with a side longer than this many pieces"
+        "--max-len", type=int, default=max_len, help="drop training pairs with a side longer than this many pieces"
     )
     parser.add_argument(
         "--max-ratio",
         type=float,
-        default=3.0,
-        help="drop training pairs whose longer side has more than this many times the pieces of the shorter",
+        default=max_ratio,
+        help="drop training pairs whose longer side has more than this many times the pieces of the shorter "
+        "(inf: no ratio filter)",
     )
 
 
@@ -265,6 +289,7 @@ def train_sentencepiece(
     *,
     input_sentence_size: int = 1_000_000,
     num_threads: int = 2,
+    **extra_options,
 ) -> str:
     """Train one joint SentencePiece model over ``files`` (plain text, all languages together).
 
@@ -273,7 +298,8 @@ def train_sentencepiece(
     model's folder with relative paths (the model file records its options, paths included); files
     with at most ``input_sentence_size`` sentences are used whole, larger ones are sampled by
     SentencePiece's generator seeded with a fixed value. The model depends on ``num_threads``
-    (it splits the EM statistics), so keep that fixed to reproduce a model.
+    (it splits the EM statistics), so keep that fixed to reproduce a model. ``extra_options`` are
+    further ``spm_train`` options (``user_defined_symbols="UNK"``).
     """
     import sentencepiece as spm
 
@@ -282,6 +308,7 @@ def train_sentencepiece(
     options = spm_train_options(
         inputs, Path(model_prefix).name, vocab_size, model_type, character_coverage, input_sentence_size, num_threads
     )
+    options.update(extra_options)  # e.g. user_defined_symbols
     spm_train = shell_join(["spm_train", *[f"--{key}={value}" for key, value in options.items()]])
     line = f"cd {shlex.quote(str(workdir))} && {spm_train}"
     print(f"+ {line}", flush=True)
@@ -325,8 +352,8 @@ def decode_pieces(line: str) -> str:
 
 
 def fairseq_preprocess(
-    src: str,
-    tgt: str,
+    src: str | None,
+    tgt: str | None,
     destdir: Path,
     *,
     trainpref: Path,
@@ -334,33 +361,51 @@ def fairseq_preprocess(
     testpref: Path | None = None,
     workers: int = 2,
     joined_dictionary: bool = True,
+    srcdict: Path | None = None,
+    tgtdict: Path | None = None,
 ) -> str:
     """Run ``fairseq-preprocess`` on ``{pref}.{src}`` / ``{pref}.{tgt}`` files; returns the command line.
 
-    fairseq refuses to overwrite a dictionary, so stale ``dict.{src,tgt}.txt`` in ``destdir`` are removed first.
+    ``src=tgt=None`` binarizes monolingual data (``--only-source``: ``{pref}`` files, ``dict.txt``).
+    ``srcdict``/``tgtdict`` apply given dictionaries instead of building one (then not ``joined_dictionary``).
+    fairseq refuses to overwrite a dictionary, so stale dictionaries in ``destdir`` are removed first.
     """
-    for lang in (src, tgt):
-        (Path(destdir) / f"dict.{lang}.txt").unlink(missing_ok=True)
-    cmd = ["fairseq-preprocess", "--source-lang", src, "--target-lang", tgt, "--trainpref", str(trainpref)]
-    if validpref is not None:
-        cmd += ["--validpref", str(validpref)]
-    if testpref is not None:
-        cmd += ["--testpref", str(testpref)]
+    names = ["dict.txt"] if src is None else [f"dict.{lang}.txt" for lang in (src, tgt)]
+    for name in names:
+        (Path(destdir) / name).unlink(missing_ok=True)
+    cmd = ["fairseq-preprocess", "--only-source"] if src is None else ["fairseq-preprocess", "--source-lang", src]
+    if tgt is not None:
+        cmd += ["--target-lang", tgt]
+    cmd += ["--trainpref", str(trainpref)]
+    for flag, value in (("--validpref", validpref), ("--testpref", testpref)):
+        if value is not None:
+            cmd += [flag, str(value)]
+    for flag, value in (("--srcdict", srcdict), ("--tgtdict", tgtdict)):
+        if value is not None:
+            cmd += [flag, str(value)]
     cmd += ["--destdir", str(destdir)]
-    if joined_dictionary:
+    if joined_dictionary and tgt is not None:
         cmd.append("--joined-dictionary")
     cmd += ["--workers", str(workers)]
     return run(cmd)
 
 
-def dictionary_info(dict_file: Path) -> dict:
-    """Size of a fairseq ``dict.*.txt``: its lines, plus the 4 specials fairseq adds when loading it.
+def dictionary_info(dict_file: Path, *copies: Path) -> dict:
+    """Size and sha256 of a fairseq ``dict.*.txt``: its lines, plus the 4 specials fairseq adds when loading it.
 
-    The lines include fairseq's ``madeupwordNNNN`` fillers that pad the size to a multiple of 8.
+    The lines include fairseq's ``madeupwordNNNN`` fillers that pad the size to a multiple of 8. ``copies``
+    are the other dictionary files that must be identical to it (a joined dictionary's ``dict.{tgt}.txt``);
+    ``fairseq_plugins.manifest`` checks every file of ``files`` against ``size`` and ``sha256``.
     """
     lines = read_lines(dict_file)
+    sha = sha256_file(dict_file)
+    for copy in copies:
+        if sha256_file(copy) != sha:
+            raise PrepareError(f"{copy} differs from {dict_file}; a joined dictionary must be one file twice")
     return {
         "file": Path(dict_file).name,
+        "files": [Path(f).name for f in (dict_file, *copies)],
+        "sha256": sha,
         "lines": len(lines),
         "madeupwords": sum(line.startswith("madeupword") for line in lines),
         "fairseq_specials": len(FAIRSEQ_SPECIALS),
