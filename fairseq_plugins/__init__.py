@@ -2,10 +2,11 @@
 the diffusion models and architectures, the ``text_diffusion_loss`` criterion, and the safe-checkpoint
 loader. fairseq auto-imports nothing else from a user dir, so every module is imported here.
 """
-from fairseq_plugins import checkpoints
+from fairseq_plugins import checkpoints, compat
 from fairseq_plugins.errors import install_excepthook
 
 install_excepthook()
 checkpoints.install()
+compat.install()  # CPU data parallelism (gloo), atomic checkpoint writes: see compat.py
 
 from fairseq_plugins import criterions, models, tasks  # noqa: E402,F401  (registration side effects)

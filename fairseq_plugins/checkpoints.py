@@ -60,6 +60,7 @@ __all__ = [
     "CorruptCheckpointError",
     "allow_fairseq_checkpoint_types",
     "install",
+    "load",
 ]
 
 
@@ -287,6 +288,20 @@ def _wrap(original):
 
     setattr(load_checkpoint_to_cpu, _WRAPPED_MARK, original)
     return load_checkpoint_to_cpu
+
+
+def load(path, **kwargs):
+    """``torch.load(path, map_location="cpu", weights_only=True)`` with the allowlist and the same one-line
+    errors as the wrapped fairseq loader (for tools that read checkpoints without fairseq's upgrades)."""
+    allow_fairseq_checkpoint_types()
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, **kwargs)
+    except Exception as exc:
+        clear = _translate(exc, path)
+        if clear is None:
+            raise
+        clear.original_error = exc
+    raise clear from None
 
 
 def install() -> List[str]:

@@ -92,7 +92,10 @@ def mdlm_loss(
 ) -> MaskedLoss:
     """MDLM continuous-time NELBO at times t (B,), weighted through sigma(t). ``loss`` is nelbo.sum()."""
     _check_time(t)
-    weight = schedule.dsigma(t) / torch.expm1(schedule.sigma(t))  # (B,) = -alpha'_t / (1 - alpha_t)
+    sigma = schedule.sigma(t)  # (B,) total noise; +inf where alpha_t = 0 (e.g. the cosine schedule at t = 1)
+    weight = torch.where(
+        torch.isfinite(sigma), schedule.dsigma(t) / torch.expm1(sigma), schedule.weight(t)
+    )  # (B,) = -alpha'_t / (1 - alpha_t), the limit of the sigma form where alpha_t = 0
     _, nll, is_masked, maskable = _masked_nll(logits, x0, z_t, mask_id, maskable)
     nelbo = (per_token(weight, nll) * nll).sum(-1)  # (B,)
     return _terms(nelbo.sum(), nelbo, nll, is_masked, maskable)

@@ -85,6 +85,7 @@ def q_log_prob(z_t: Tensor, alpha_t: Tensor, *, mask_id: int, maskable: Tensor) 
     Differentiable in alpha_t ((B,) or (B, L)); used by the REINFORCE estimator of GenMD4.
     """
     alpha_t = per_token(alpha_t, z_t).expand(z_t.shape)
+    alpha_t = alpha_t.to(torch.promote_types(alpha_t.dtype, torch.float32))  # logs and their sum: >= fp32
     tiny = torch.finfo(alpha_t.dtype).tiny
     masked = z_t == mask_id
     log_q = torch.where(

@@ -32,6 +32,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
+def _wide(t: Tensor) -> Tensor:
+    """bf16 / fp16 times in float32: in half precision 1 - alpha_t cancels to 0 near t = 0 (bf16 keeps 8
+    bits), 1 - (1 - eps) t near t = 1, and the ELBO weights become inf / NaN. Results are float32 then."""
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+
+
 class MaskingSchedule:
     """Base of the scalar schedules: subclasses give ``alpha`` and ``dalpha``; t has any shape."""
 
@@ -64,12 +70,15 @@ class LinearSchedule(MaskingSchedule):
     """alpha_t = 1 - t (MD4 linear)."""
 
     def alpha(self, t: Tensor) -> Tensor:
+        t = _wide(t)
         return 1.0 - t
 
     def dalpha(self, t: Tensor) -> Tensor:
+        t = _wide(t)
         return -torch.ones_like(t)
 
     def weight(self, t: Tensor) -> Tensor:
+        t = _wide(t)
         return 1.0 / t
 
 
@@ -82,18 +91,23 @@ class LogLinearSchedule(MaskingSchedule):
         self.eps = eps
 
     def alpha(self, t: Tensor) -> Tensor:
+        t = _wide(t)
         return 1.0 - (1.0 - self.eps) * t
 
     def dalpha(self, t: Tensor) -> Tensor:
+        t = _wide(t)
         return torch.full_like(t, -(1.0 - self.eps))
 
     def weight(self, t: Tensor) -> Tensor:
+        t = _wide(t)
         return 1.0 / t
 
     def sigma(self, t: Tensor) -> Tensor:
+        t = _wide(t)
         return -torch.log1p(-(1.0 - self.eps) * t)
 
     def dsigma(self, t: Tensor) -> Tensor:
+        t = _wide(t)
         return (1.0 - self.eps) / (1.0 - (1.0 - self.eps) * t)
 
 
@@ -101,12 +115,15 @@ class CosineSchedule(MaskingSchedule):
     """MD4 cosine: alpha_t = 1 - cos(pi/2 (1 - t)); weight (pi/2) tan(pi/2 (1 - t))."""
 
     def alpha(self, t: Tensor) -> Tensor:
-        return 1.0 - torch.cos(0.5 * math.pi * (1.0 - t))
+        t = _wide(t)
+        return 2.0 * torch.sin(0.25 * math.pi * (1.0 - t)) ** 2  # = 1 - cos(pi/2 (1 - t)), no cancellation at t -> 1
 
     def dalpha(self, t: Tensor) -> Tensor:
+        t = _wide(t)
         return -0.5 * math.pi * torch.sin(0.5 * math.pi * (1.0 - t))
 
     def weight(self, t: Tensor) -> Tensor:
+        t = _wide(t)
         return 0.5 * math.pi * torch.tan(0.5 * math.pi * (1.0 - t))
 
 
@@ -119,12 +136,15 @@ class PolynomialSchedule(MaskingSchedule):
         self.exponent = exponent
 
     def alpha(self, t: Tensor) -> Tensor:
+        t = _wide(t)
         return 1.0 - t**self.exponent
 
     def dalpha(self, t: Tensor) -> Tensor:
+        t = _wide(t)
         return -self.exponent * t ** (self.exponent - 1.0)
 
     def weight(self, t: Tensor) -> Tensor:
+        t = _wide(t)
         return self.exponent / t
 
 
@@ -183,6 +203,7 @@ class SpindleSchedule(nn.Module):
         The sequence mean of f runs over ``maskable`` positions (B, L) only (no pad / bos / eos).
         It is exactly 1 at t = 0 (clean data) and 0 at t = 1, elsewhere clipped to [0, max_keep].
         """
+        t = _wide(t)
         if maskable is None:
             maskable = torch.ones_like(x0, dtype=torch.bool)
         f = self.frequency().to(t.dtype)[x0]  # (B, L)
@@ -226,19 +247,23 @@ class GenMD4Schedule(nn.Module):
 
     def alpha(self, t: Tensor, x0: Tensor, maskable: Optional[Tensor] = None) -> Tensor:
         """alpha_t(i) for t (B,) and tokens x0 (B, L): (B, L). ``maskable`` is unused."""
+        t = _wide(t)
         return 1.0 - t[:, None] ** self._w(t, x0)
 
     def dalpha(self, t: Tensor, x0: Tensor) -> Tensor:
         """d alpha_t(i) / dt = -w t^{w - 1}: (B, L)."""
+        t = _wide(t)
         w = self._w(t, x0)
         return -w * t[:, None] ** (w - 1.0)
 
     def weight(self, t: Tensor, x0: Tensor) -> Tensor:
         """-alpha'_t(i) / (1 - alpha_t(i)) = w(x_i) / t: (B, L)."""
+        t = _wide(t)
         return self._w(t, x0) / t[:, None]
 
     def weight_table(self, t: Tensor) -> Tensor:
         """The weight of every vocabulary item, w(v) / t: (B, V)."""
+        t = _wide(t)
         return self.exponent().to(t.dtype)[None, :] / t[:, None]
 
 

@@ -315,3 +315,95 @@ def test_fairseq_generate_with_install_user_dir(fs):
     hyps = [ln for ln in proc.stdout.splitlines() if ln.startswith("H-")]
     assert hyps, proc.stdout[-2000:]
     assert "BLEU4" in proc.stdout
+
+
+# --- malicious checkpoints through every entry point ------------------------------------------------------
+def _exec_global_pickle(sentinel) -> bytes:
+    """Hand-written pickle: GLOBAL builtins.exec, then REDUCE with a string that creates ``sentinel``."""
+    import struct
+
+    code = f"open({str(sentinel)!r}, 'w').close()".encode()
+    return b"\x80\x02cbuiltins\nexec\nX" + struct.pack("<I", len(code)) + code + b"\x85R."
+
+
+def _zip_checkpoint_with(path, data_pkl: bytes):
+    """A torch zip checkpoint whose ``data.pkl`` record is replaced by ``data_pkl``."""
+    import zipfile
+
+    torch.save({"model": {}}, str(path))
+    with zipfile.ZipFile(path) as z:
+        records = {name: z.read(name) for name in z.namelist()}
+    records[next(n for n in records if n.endswith("/data.pkl"))] = data_pkl
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as z:
+        for name, data in records.items():
+            z.writestr(name, data)
+
+
+def _evil(tmp_path, kind):
+    """(checkpoint path, sentinel the payload would create, name of the refused global)."""
+    sentinel = tmp_path / "SENTINEL"
+    path = tmp_path / "checkpoint_evil.pt"
+    if kind == "exec-GLOBAL":
+        _zip_checkpoint_with(path, _exec_global_pickle(sentinel))
+        return path, sentinel, "builtins.exec"
+    payload, name = _payloads(sentinel)[kind]
+    torch.save({"model": {"w": torch.zeros(2)}, "extra_state": {"x": payload}}, str(path))
+    return path, sentinel, name
+
+
+def test_the_exec_global_payload_is_live(tmp_path):
+    """Plain pickle runs it (so the refusals below are real), torch's weights-only loader with the allowlist
+    does not."""
+    import pickle
+
+    sentinel = tmp_path / "SENTINEL"
+    pickle.loads(_exec_global_pickle(sentinel))
+    assert sentinel.exists()
+    sentinel.unlink()
+    path, sentinel, _ = _evil(tmp_path, "exec-GLOBAL")
+    with pytest.raises(ckpt_mod.UnsafeCheckpointError, match="'builtins.exec'"):
+        ckpt_mod.load(path)
+    assert not sentinel.exists()
+
+
+def _cli_one_line_error(proc):
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    errors = [line for line in proc.stderr.splitlines() if ": error: " in line]
+    assert len(errors) == 1, proc.stderr[-3000:]
+    return errors[0]
+
+
+@pytest.mark.parametrize("kind", ["os.system", "exec-GLOBAL"])
+def test_fairseq_generate_refuses_a_malicious_checkpoint(data_bin, tmp_path, kind):
+    from tests.fairseq.cli_helpers import generate_args, run_cli
+
+    path, sentinel, name = _evil(tmp_path, kind)
+    error = _cli_one_line_error(run_cli(generate_args(data_bin, path), check=False))
+    assert f"refusing to load checkpoint {path}" in error and f"'{name}'" in error
+    assert not sentinel.exists(), "the payload ran"
+
+
+def test_fairseq_train_restore_file_refuses_a_malicious_checkpoint(data_bin, tmp_path):
+    from tests.fairseq.cli_helpers import run_cli, train_args
+
+    path, sentinel, name = _evil(tmp_path, "exec-GLOBAL")
+    proc = run_cli(train_args(data_bin, tmp_path / "ck", "difformer_tiny", "--restore-file", path,
+                              "--max-update", "1"), check=False)
+    error = _cli_one_line_error(proc)
+    assert f"refusing to load checkpoint {path}" in error and f"'{name}'" in error
+    assert not sentinel.exists()
+
+
+@pytest.mark.parametrize("kind", ["subprocess.Popen", "exec-GLOBAL"])
+def test_python_api_and_averaging_refuse_a_malicious_checkpoint(data_bin, tmp_path, kind):
+    from fairseq_plugins import average_checkpoints
+    from fairseq_plugins.hub import load
+
+    path, sentinel, name = _evil(tmp_path, kind)
+    with pytest.raises(ckpt_mod.UnsafeCheckpointError) as info:
+        load(path, data_bin)
+    assert f"'{name}'" in _assert_one_line(info.value)
+    with pytest.raises(SystemExit) as info:
+        average_checkpoints.main(["--inputs", str(path), "--output", str(tmp_path / "avg.pt")])
+    assert str(info.value).startswith(f"average_checkpoints: error: refusing to load checkpoint {path}")
+    assert not (tmp_path / "avg.pt").exists() and not sentinel.exists()

@@ -1,0 +1,187 @@
+"""Bad input through the real CLIs, tried the way a new user would.
+
+Each bad input ends in one line ``prog: error: <what and how to fix it>`` or in a counted report.
+(Already covered elsewhere: dictionary-size mismatch, MBR with one candidate and --length-beam on DiffuSeq
+in test_cli_e2e.py; sampling a seq2seq model semi-autoregressively in test_masked_cli.py; unsafe and
+truncated checkpoint files in test_checkpoints.py; empty / too long pairs counted by the data scripts in
+test_prepare_data.py.)
+"""
+import re
+import shutil
+import sys
+
+import numpy as np
+import pytest
+
+from tests.fairseq.cli_helpers import ROOT, cli, generate_args, run_cli, train_args
+from tests.fairseq.test_cli_e2e import hypotheses, one_line_error
+
+
+def losses(proc):
+    return re.findall(r"\| train_inner \|.*? loss=([0-9.]+)", proc.stdout + proc.stderr)
+
+
+# --- data -------------------------------------------------------------------------------------------------
+def test_prepare_refuses_misaligned_raw_files(tmp_path):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    for split in ("train", "val", "test_2016_flickr"):
+        (raw / f"{split}.de").write_text("Ein Hund.\nZwei Hunde.\nDrei Hunde.\n")
+        (raw / f"{split}.en").write_text("A dog.\nTwo dogs.\n" if split == "train" else "A.\nB.\nC.\n")
+    proc = run_cli([sys.executable, ROOT / "data_scripts" / "prepare_multi30k.py", "--raw-dir", raw,
+                    "--out-dir", tmp_path / "out", "--vocab-size", "50"], check=False)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1 and "line counts differ" in errors[0] and "'de': 3, 'en': 2" in errors[0], proc.stderr
+
+
+@pytest.fixture(scope="module")
+def rough(data_bin, tmp_path_factory):
+    """A data-bin binarized by hand (plain fairseq-preprocess, the training dictionary) from pieces with
+    empty lines, lines longer than the models' 128 positions and pieces that are not in the dictionary."""
+    root = tmp_path_factory.mktemp("rough")
+    tok = data_bin / "tok"
+    long_line = " ".join(["▁Hund"] * 200)
+    extra = {"de": ["", "", long_line, "▁Quokka ▁im ▁Schnee", "▁Ein ▁Mann ."],
+             "en": ["", "▁A ▁dog .", long_line, "▁A ▁quokka ▁in ▁the ▁snow", ""]}
+    for split, n in (("train", 300), ("test", 20)):
+        for lang in ("de", "en"):
+            lines = (tok / f"{split}.{lang}").read_text(encoding="utf-8").splitlines()[:n] + extra[lang]
+            (root / f"{split}.{lang}").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    out = root / "bin"
+    proc = run_cli([cli("fairseq-preprocess"), "--source-lang", "de", "--target-lang", "en", "--trainpref",
+                    root / "train", "--testpref", root / "test", "--srcdict", data_bin / "dict.de.txt",
+                    "--tgtdict", data_bin / "dict.en.txt", "--destdir", out, "--workers", "1"])
+    for lang in ("de", "en"):  # byte-identical to the training dictionaries
+        shutil.copy(data_bin / f"dict.{lang}.txt", out / f"dict.{lang}.txt")
+    return out, proc.stdout + proc.stderr
+
+
+def test_unknown_pieces_are_counted_at_binarization(rough):
+    _, log = rough
+    replaced = re.search(r"\[de\] \S+test\.de: 25 sents, \d+ tokens, ([0-9.]+)% replaced", log)
+    assert replaced and float(replaced.group(1)) > 0, log[-2000:]
+
+
+def test_training_counts_the_sentences_it_skips_and_trains_on_empty_lines(rough, tmp_path):
+    data, _ = rough
+    proc = run_cli(train_args(data, tmp_path / "ck", "difformer_tiny", "--max-epoch", "1", "--log-interval", "1"))
+    log = proc.stdout + proc.stderr
+    # the one 200-piece pair is left out of training and counted (fairseq's own report)
+    skipped = r"\b1 samples have invalid sizes and will be skipped, max_positions=\(128, 128\)"
+    assert re.search(skipped, log), log[-3000:]
+    assert "end of epoch 1" in log and (tmp_path / "ck" / "checkpoint_last.pt").is_file()
+
+
+def test_generate_overlong_sentences_one_line_or_skipped(rough, difformer_dir):
+    data, _ = rough
+    ckpt = difformer_dir / "checkpoint_last.pt"
+    proc = run_cli(generate_args(data, ckpt, "--decoding-steps", "2"), check=False)
+    one_line_error(proc, "1 of 25 sentences are longer than the model's maximum positions (128, 128)",
+                   "--skip-invalid-size-inputs-valid-test")
+    proc = run_cli(generate_args(data, ckpt, "--decoding-steps", "2", "--skip-invalid-size-inputs-valid-test"))
+    hyps = hypotheses(proc.stdout)
+    assert sorted(hyps) == [i for i in range(25) if i != 22], "all but the overlong sentence, empty ones included"
+    assert re.search(r"^S-23\t.*<unk>", proc.stdout, re.M), "the unknown piece is shown as <unk> and decoded"
+
+
+def damage(data_bin, tmp_path, how):
+    bad = tmp_path / "bin"
+    shutil.copytree(data_bin, bad)
+    data, index = bad / "test.de-en.de.bin", bad / "test.de-en.de.idx"
+    if how == "truncated-bin":
+        data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])
+    elif how == "garbage-idx":
+        index.write_bytes(b"\x00garbage" * 20)
+    else:  # same size, ids beyond the dictionary
+        ids = np.fromfile(data, dtype=np.uint16)
+        ids[5] = 60000
+        ids.tofile(data)
+    return bad
+
+
+@pytest.mark.parametrize("how, fragments", [
+    ("truncated-bin", ["test.de-en.de.bin has", "bytes but its index", "truncated", "fairseq-preprocess"]),
+    ("garbage-idx", ["test.de-en.de.idx is not a fairseq index file", "fairseq-preprocess"]),
+    ("foreign-ids", ["test.de-en.de.bin contains token id 60000", "outside the dictionary", "fairseq-preprocess"]),
+])
+def test_damaged_binarized_data_is_named(data_bin, tmp_path, how, fragments):
+    from fairseq.data import Dictionary
+
+    from fairseq_plugins.errors import DifftextError
+    from fairseq_plugins.reliability import check_binarized
+
+    bad = damage(data_bin, tmp_path, how)
+    check_binarized(str(data_bin / "test.de-en.de"), Dictionary.load(str(data_bin / "dict.de.txt")))  # intact
+    with pytest.raises(DifftextError) as info:
+        check_binarized(str(bad / "test.de-en.de"), Dictionary.load(str(bad / "dict.de.txt")))
+    assert all(f in str(info.value) for f in fragments) and "\n" not in str(info.value), str(info.value)
+
+
+def test_damaged_binarized_data_through_generate(data_bin, difformer_dir, tmp_path):
+    proc = run_cli(generate_args(damage(data_bin, tmp_path, "truncated-bin"), difformer_dir / "checkpoint_last.pt"),
+                   check=False)
+    one_line_error(proc, "test.de-en.de.bin has", "truncated", "fairseq-preprocess")
+
+
+# --- checkpoints ------------------------------------------------------------------------------------------
+def test_truncated_checkpoint_through_generate(data_bin, difformer_dir, tmp_path):
+    ckpt = tmp_path / "checkpoint_last.pt"
+    data = (difformer_dir / "checkpoint_last.pt").read_bytes()
+    ckpt.write_bytes(data[: len(data) // 3])
+    proc = run_cli(generate_args(data_bin, ckpt), check=False)
+    one_line_error(proc, f"checkpoint {ckpt} is truncated or corrupted", "use another checkpoint")
+
+
+def test_other_arch_into_the_same_save_dir(data_bin, difformer_dir, tmp_path):
+    """Rerunning training with another --arch on a --save-dir that holds a Difformer checkpoint."""
+    save = tmp_path / "ck"
+    shutil.copytree(difformer_dir, save)
+    proc = run_cli(train_args(data_bin, save, "diffuseq_tiny", "--max-update", "6"), check=False)
+    one_line_error(proc, f"checkpoint {save / 'checkpoint_last.pt'} does not fit this DiffuSeqModel", "missing",
+                   "unexpected", "--arch", "new --save-dir")
+
+
+@pytest.mark.slow
+def test_fairseq_transformer_checkpoint_with_the_diffusion_task(data_bin, tmp_path):
+    save = tmp_path / "transformer"
+    run_cli([cli("fairseq-train"), data_bin, "--task", "translation", "--arch", "transformer",
+             "--encoder-layers", "1", "--decoder-layers", "1", "--encoder-embed-dim", "8", "--decoder-embed-dim",
+             "8", "--encoder-ffn-embed-dim", "16", "--decoder-ffn-embed-dim", "16", "--encoder-attention-heads", "2",
+             "--decoder-attention-heads", "2", "--optimizer", "adam", "--lr", "1e-3", "--max-tokens", "512",
+             "--max-update", "1", "--save-dir", save, "--cpu", "--num-workers", "0", "--disable-validation",
+             "--no-epoch-checkpoints", "--user-dir", ROOT / "fairseq_plugins"])
+    proc = run_cli(generate_args(data_bin, save / "checkpoint_last.pt"), check=False)
+    one_line_error(proc, "--task text_diffusion", "fairseq TransformerModel (arch transformer)", "--task translation")
+
+
+# --- flags ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("device", ["cpu", "gpu"])
+def test_bf16_without_torch_xla_is_not_a_tpu_run(data_bin, tmp_path, device):
+    """fairseq 0.12 turns --bf16 into --tpu; without torch_xla difftext undoes that (CPU and GPU)."""
+    from fairseq import options
+    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+
+    from fairseq_plugins import compat
+
+    args = [str(a) for a in train_args(data_bin, tmp_path / "ck", "difformer_tiny", "--bf16")[1:] if a != "--cpu"]
+    parsed = options.parse_args_and_arch(options.get_training_parser(), args + (["--cpu"] if device == "cpu" else []))
+    cfg = convert_namespace_to_omegaconf(parsed)
+    assert cfg.common.tpu and cfg.distributed_training.tpu and cfg.optimizer.tpu, "fairseq: --bf16 implies --tpu"
+    compat._bf16_without_tpu(cfg)
+    assert cfg.common.bf16 and not (cfg.common.tpu or cfg.distributed_training.tpu or cfg.optimizer.tpu)
+
+
+def test_bf16_on_cpu_trains(data_bin, tmp_path):
+    """fairseq 0.12 turns --bf16 into --tpu; with --cpu difftext trains bf16 weights on the CPU."""
+    proc = run_cli(train_args(data_bin, tmp_path / "ck", "mdlm_tiny", "--bf16", "--max-update", "3",
+                              "--log-interval", "1"))
+    values = [float(x) for x in losses(proc)]
+    assert len(values) == 3 and all(np.isfinite(values))
+
+
+@pytest.mark.slow
+def test_error_in_a_spawned_data_parallel_process_is_one_line(tmp_path):
+    proc = run_cli(train_args(tmp_path / "nowhere", tmp_path / "ck", "difformer_tiny", "--distributed-world-size",
+                              "2"), check=False)
+    one_line_error(proc, "nowhere", "does not exist")
