@@ -20,7 +20,14 @@ setup(
     ],
     extras_require={
         "test": ["pytest>=7"],
-        "eval": ["rouge-score"],
-        "bert": ["transformers"],
+        # scoring (difftext-score), decoding sweeps with plots (difftext-sweep), --candidate-selection mbr-rouge
+        "eval": ["rouge-score", "nltk", "matplotlib", "tqdm"],
+        "bert": ["transformers>=4.30"],  # --bert-init (DiffusionBERT); the tests use it too
+    },
+    entry_points={
+        "console_scripts": [
+            "difftext-score=fairseq_plugins.score:main",
+            "difftext-sweep=fairseq_plugins.sweep:main",
+        ],
     },
 )

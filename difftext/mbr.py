@@ -4,7 +4,8 @@ DiffuSeq (Gong et al. 2023, sec. 4.4) and Difformer (Gao et al. 2024) decode sev
 input (length beam x noise beam) and keep the one with the highest summed utility against the others:
 ``argmax_i sum_{j != i} u(c_i, c_j)``. The default utility is sacreBLEU's sentence BLEU (13a tokenizer,
 exponential smoothing, effective order), computed from n-gram statistics extracted once per candidate,
-so a group of n candidates costs n extractions and n^2 cheap count intersections.
+so a group of n candidates costs n extractions and n^2 cheap count intersections. ``rouge_utility``
+(ROUGE-L F1) is the alternative for summarization and paraphrase.
 """
 from __future__ import annotations
 
@@ -46,6 +47,25 @@ def bleu_utility(candidates: Sequence[str]) -> torch.Tensor:
         for j in range(n):
             if i != j:
                 u[i, j] = _pair_bleu(stats[i], stats[j])
+    return u
+
+
+def rouge_utility(candidates: Sequence[str]) -> torch.Tensor:
+    """Pairwise ROUGE-L F1 x 100 (rouge-score, no stemming): float64 (n, n), symmetric, zero diagonal.
+
+    ROUGE-L F1 (rather than a mean of ROUGE-1/2/L) because it is the ROUGE that DiffuSeq and Difformer report
+    for paraphrase and summarization, and its F1 is symmetric, so each pair is scored once. rouge-score's
+    tokenizer keeps only lower-cased [a-z0-9] runs: for targets in other scripts use ``bleu_utility``.
+    A symmetric utility cannot choose between two candidates (the tie goes to the first): MBR needs three or more.
+    """
+    from rouge_score.rouge_scorer import RougeScorer
+
+    scorer = RougeScorer(["rougeL"], use_stemmer=False)
+    n = len(candidates)
+    u = torch.zeros(n, n, dtype=torch.float64)
+    for i in range(n):
+        for j in range(i + 1, n):
+            u[i, j] = u[j, i] = 100 * scorer.score(candidates[j], candidates[i])["rougeL"].fmeasure
     return u
 
 

@@ -2,9 +2,10 @@
 import subprocess
 import sys
 
+import pytest
 import torch
 
-from fairseq_plugins.average_checkpoints import average, interval_checkpoints
+from fairseq_plugins.average_checkpoints import average, best_checkpoints, interval_checkpoints, main
 from tests.fairseq.cli_helpers import ROOT
 
 
@@ -36,3 +37,45 @@ def test_cli_averages_last_n_and_reports_missing(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "fairseq_plugins.average_checkpoints", "--inputs",
                           str(tmp_path / "nope.pt"), "--output", str(out)], capture_output=True, text=True, cwd=ROOT)
     assert bad.returncode != 0 and "not found" in bad.stderr and "nope.pt" in bad.stderr
+
+
+def _save_best(directory, name, w, maximize):
+    torch.save({"model": {"w": torch.full((1,), w)}, "extra_state": {"ema": {"w": torch.full((1,), -w)}},
+                "cfg": {"checkpoint": {"maximize_best_checkpoint_metric": maximize}}}, directory / name)
+
+
+@pytest.mark.parametrize("maximize", [True, False])
+def test_best_checkpoints_follow_the_trained_direction(tmp_path, maximize):
+    # fairseq names them checkpoint.best_<metric>_<value:.3f><tie digit>.pt
+    for name, w in [("checkpoint.best_bleu_30.1201.pt", 1.0), ("checkpoint.best_bleu_31.5000.pt", 2.0),
+                    ("checkpoint.best_bleu_29.9993.pt", 3.0), ("checkpoint.best_bleu_4.2503.pt", 4.0)]:
+        _save_best(tmp_path, name, w, maximize)
+    best = [p.name for p in best_checkpoints(tmp_path, 2)]
+    if maximize:
+        assert best == ["checkpoint.best_bleu_30.1201.pt", "checkpoint.best_bleu_31.5000.pt"]
+    else:
+        assert best == ["checkpoint.best_bleu_29.9993.pt", "checkpoint.best_bleu_4.2503.pt"]
+    flipped = [p.name for p in best_checkpoints(tmp_path, 1, maximize=not maximize)]
+    assert flipped == [("checkpoint.best_bleu_4.2503.pt" if maximize else "checkpoint.best_bleu_31.5000.pt")]
+
+
+def test_cli_best_and_ema(tmp_path):
+    for name, w in [("checkpoint.best_loss_3.5000.pt", 1.0), ("checkpoint.best_loss_2.5001.pt", 3.0),
+                    ("checkpoint.best_loss_9.0002.pt", 100.0)]:
+        _save_best(tmp_path, name, w, False)
+    out = tmp_path / "avg.pt"
+    main(["--dir", str(tmp_path), "--best", "2", "--ema", "--output", str(out)])
+    state = torch.load(out, weights_only=True)
+    assert state["model"]["w"].item() == -2.0, "mean of the EMA weights of the two lowest losses"
+    assert "ema" not in state["extra_state"]
+    state = average(best_checkpoints(tmp_path, 2))
+    assert state["model"]["w"].item() == 2.0
+
+
+def test_best_and_ema_errors_are_one_line(tmp_path):
+    _save(tmp_path / "checkpoint_1_100.pt", torch.zeros(1), torch.tensor([0]), 100)
+    args = ["--dir", str(tmp_path), "--output", str(tmp_path / "o.pt")]
+    with pytest.raises(SystemExit, match=r"^average_checkpoints: error: no checkpoint\.best_.*--keep-best-checkpoints"):
+        main(args + ["--best", "3"])
+    with pytest.raises(SystemExit, match=r"^average_checkpoints: error: .*has no EMA weights; train with --store-ema"):
+        main(args + ["--last", "1", "--ema"])
