@@ -1,9 +1,12 @@
 """fairseq generator for diffusion models: one batched reverse process over all K x M candidates.
 
-Per batch: the model encodes each source once and returns a :class:`DecodingProblem` whose denoiser
-closure reuses the (expanded) encoder output; ``difftext.samplers.continuous.sample`` runs N steps
-over all candidates together; z0_hat is rounded through the tied output layer; each candidate is cut
-at its first eos/pad; candidates are ranked by mean token log-probability or by MBR (sentence BLEU).
+Per batch: the model encodes each source once and returns a decoding problem whose denoiser closure
+reuses the (expanded) encoder output. Continuous models: ``difftext.samplers.continuous.sample`` runs
+N steps over all candidates together and z0_hat is rounded through the tied output layer. Masked
+models: a ``difftext.samplers.masked`` sampler (confidence / ddpm / ddpm_cache) fills the [M]
+positions, each token scored by its log-probability when it was drawn. Each candidate is cut at its
+first eos/pad (or, when the length was predicted, drops eos/pad inside it); candidates are ranked by
+mean token log-probability or by MBR (sentence BLEU or ROUGE-L).
 The result follows fairseq's generator contract: per input, a list of hypothesis dicts with
 ``tokens`` (ending in eos), ``score``, ``positional_scores`` and ``alignment``.
 """
@@ -11,25 +14,85 @@ from typing import Dict, List
 
 import torch
 
-from difftext.mbr import mbr_rank
+from difftext.mbr import bleu_utility, mbr_rank, rouge_utility
 from difftext.samplers.continuous import respaced_steps, sample
+from difftext.samplers.masked import SAMPLERS, get_sampler
 from fairseq_plugins.errors import DifftextError
+
+CONTINUOUS_ONLY = {"clamping": False, "decoding_method": "ddim", "decoding_noise_factor": None, "decoding_early_stop": 0}
+MASKED_ONLY = {"sampler": None, "token_temperature": None, "token_topk": 0, "token_topp": 1.0}
+# fairseq's autoregressive sampling flags, and the difftext flags that do the same for masked models
+FAIRSEQ_SAMPLING = {"sampling": (False, "--sampler ddpm"), "temperature": (1.0, "--token-temperature"),
+                    "sampling_topk": (-1, "--token-topk"), "sampling_topp": (-1.0, "--token-topp")}
+MBR_UTILITIES = {"mbr-bleu": bleu_utility, "mbr-rouge": rouge_utility}  # --candidate-selection -> utility
+DEFAULT_SAMPLER = "confidence"  # mask-predict: the strong choice for translation
+
+
+def masked_sampler(cfg):
+    """The sampler function named by --sampler (default: confidence)."""
+    return get_sampler(getattr(cfg, "sampler", None) or DEFAULT_SAMPLER)
+
+
+def token_sampling(cfg) -> dict:
+    """--token-temperature / --token-topk / --token-topp as sampler keyword arguments.
+
+    Unset temperature: the sampler's default (greedy for confidence, 1 for ddpm and ddpm_cache).
+    """
+    kwargs = {"top_k": getattr(cfg, "token_topk", 0), "top_p": getattr(cfg, "token_topp", 1.0)}
+    if getattr(cfg, "token_temperature", None) is not None:
+        kwargs["temperature"] = cfg.token_temperature
+    return kwargs
+
+
+def greedy(cfg) -> bool:
+    """True when the token choices are deterministic (so several noise samples would be identical)."""
+    temperature = getattr(cfg, "token_temperature", None)
+    if temperature is None:
+        return (getattr(cfg, "sampler", None) or DEFAULT_SAMPLER) == "confidence"
+    return temperature == 0
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def check_masked_sampling(cfg, gen, model) -> None:
+    """One-line errors for masked-diffusion sampling flags that cannot work with ``model``."""
+    name = getattr(cfg, "sampler", None) or DEFAULT_SAMPLER
+    if name not in SAMPLERS:
+        raise DifftextError(f"unknown --sampler {name!r}; choose one of {', '.join(sorted(SAMPLERS))}")
+    if name == "ddpm_cache" and not model.time_agnostic:
+        raise DifftextError(
+            "--sampler ddpm_cache reuses network outputs across steps, which is exact only for time-agnostic "
+            f"models; this one uses --time-conditioning {model.cfg.time_conditioning}: use --sampler ddpm"
+        )
+    if cfg.decoding_steps < 1:
+        raise DifftextError(f"--decoding-steps must be >= 1 (got {cfg.decoding_steps})")
+    kwargs = token_sampling(cfg)
+    if kwargs.get("temperature", 0.0) < 0 or kwargs["top_k"] < 0 or not 0.0 < kwargs["top_p"] <= 1.0:
+        raise DifftextError(
+            "token sampling needs --token-temperature >= 0, --token-topk >= 0 and 0 < --token-topp <= 1; got "
+            f"{kwargs.get('temperature')}, {kwargs['top_k']}, {kwargs['top_p']}"
+        )
+    for name, (default, ours) in FAIRSEQ_SAMPLING.items():
+        if getattr(gen, name, default) != default:
+            raise DifftextError(f"{_flag(name)} is fairseq's autoregressive sampling flag; masked diffusion uses {ours}")
 
 
 class DiffusionGenerator:
-    def __init__(self, models, tgt_dict, cfg):
+    def __init__(self, models, tgt_dict, cfg, gen=None):
         if len(models) != 1:
             raise DifftextError(f"diffusion decoding takes one model, got an ensemble of {len(models)}; pass one --path")
-        self.model, self.tgt_dict, self.cfg = models[0], tgt_dict, cfg
+        self.model, self.tgt_dict, self.cfg, self.gen = models[0], tgt_dict, cfg, gen
         self.pad, self.eos, self.bos = tgt_dict.pad(), tgt_dict.eos(), tgt_dict.bos()
         self._validate()
 
+    @property
+    def masked(self) -> bool:
+        return getattr(self.model, "is_masked_diffusion", False)
+
     def _validate(self):
         cfg, model = self.cfg, self.model
-        try:
-            respaced_steps(model.diffusion.num_steps, cfg.decoding_steps)
-        except ValueError as err:
-            raise DifftextError(str(err)) from None
         for name in ("length_beam", "noise_beam"):
             if getattr(cfg, name) < 1:
                 raise DifftextError(f"--{name.replace('_', '-')} must be >= 1 (got {getattr(cfg, name)})")
@@ -38,48 +101,104 @@ class DiffusionGenerator:
                 f"{type(model).__name__} has no length predictor (its length is where the first eos is generated); "
                 "use --noise-beam for several candidates and leave --length-beam at 1"
             )
-        if cfg.candidate_selection == "mbr-bleu" and cfg.length_beam * cfg.noise_beam < 2:
+        if not hasattr(model, "decoding_problem"):
             raise DifftextError(
-                "--candidate-selection mbr-bleu needs several candidates per input; set --noise-beam and/or "
+                f"{type(model).__name__} is not a sequence-to-sequence diffusion model; language models sample "
+                "with `python -m fairseq_plugins.sample`"
+            )
+        wrong = CONTINUOUS_ONLY if self.masked else MASKED_ONLY
+        for name, default in wrong.items():
+            if getattr(cfg, name, default) != default:
+                kind = "continuous (embedding)" if self.masked else "masked"
+                raise DifftextError(f"{_flag(name)} applies to {kind} diffusion models only; drop it for this model")
+        if self.masked:
+            check_masked_sampling(cfg, self.gen, model)
+            if cfg.noise_beam > 1 and greedy(cfg):
+                raise DifftextError(
+                    "--noise-beam > 1 with greedy token choices gives identical candidates; add "
+                    "--token-temperature 0.5 (or use --sampler ddpm), or use --length-beam for several candidates"
+                )
+        else:
+            try:
+                respaced_steps(model.diffusion.num_steps, cfg.decoding_steps)
+            except ValueError as err:
+                raise DifftextError(str(err)) from None
+        selection = cfg.candidate_selection
+        if selection in MBR_UTILITIES and cfg.length_beam * cfg.noise_beam < 2:
+            raise DifftextError(
+                f"--candidate-selection {selection} needs several candidates per input; set --noise-beam and/or "
                 "--length-beam so that their product is at least 2"
             )
+        if selection == "mbr-rouge":
+            try:
+                import rouge_score  # noqa: F401
+            except ImportError:
+                msg = "--candidate-selection mbr-rouge needs rouge-score: pip install rouge-score"
+                raise DifftextError(msg) from None
 
     @torch.no_grad()
     def generate(self, models, sample_, prefix_tokens=None, constraints=None, **unused) -> List[List[Dict]]:
-        model = self.model
         net_input = sample_["net_input"]
         src_tokens = net_input["src_tokens"]
-        problem = model.decoding_problem(
+        problem = self.model.decoding_problem(
             src_tokens, net_input["src_lengths"], length_beam=self.cfg.length_beam, noise_beam=self.cfg.noise_beam
         )
-        diffusion = model.decoding_diffusion(self.cfg.decoding_noise_factor)
+        if self.masked:
+            tokens, scores = self._sample_masked(problem)
+            candidates = self._candidates(tokens, scores, problem.output_mask, stop_at_eos=False)
+        else:
+            tokens, scores = self._sample_continuous(problem, src_tokens.device)
+            candidates = self._candidates(tokens, scores, problem.output_mask, problem.stop_at_eos)
+        return self._select(candidates, problem.owner, src_tokens.size(0))
+
+    def _sample_continuous(self, problem, device):
+        """Reverse Gaussian process over all candidates, then rounding: tokens (N, L) and their log-probs."""
+        model, cfg = self.model, self.cfg
+        diffusion = model.decoding_diffusion(cfg.decoding_noise_factor)
         table = model.latent_table()
-        z_T = diffusion.prior_sample(problem.shape, device=src_tokens.device, dtype=table.dtype)
-        z0_hat = sample(
+        z_T = diffusion.prior_sample(problem.shape, device=device, dtype=table.dtype)
+        z0_hat, unclamped = sample(
             problem.denoise_fn,
             diffusion,
             z_T,
-            self.cfg.decoding_steps,
-            method=self.cfg.decoding_method,
-            clamp_embeddings=table if self.cfg.clamping else None,
+            cfg.decoding_steps,
+            method=cfg.decoding_method,
+            clamp_embeddings=table if cfg.clamping else None,
             self_condition=model.self_conditioning,
             keep_mask=problem.keep_mask,
             z0_fixed=problem.z0_fixed,
-            early_stop=self.cfg.decoding_early_stop,
+            early_stop=cfg.decoding_early_stop,
+            return_unclamped=True,
         )
-        candidates = self._round(model.output_logits(z0_hat), problem.output_mask, problem.stop_at_eos)
-        return self._select(candidates, problem.owner, src_tokens.size(0))
+        tokens = self._rounding_log_probs(z0_hat).argmax(-1)  # (N, L)
+        # scores from the denoiser's own prediction: a clamped z0_hat would score every token ~0
+        scores = self._rounding_log_probs(unclamped).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)  # (N, L)
+        return tokens, scores
 
-    def _round(self, logits, output_mask, stop_at_eos: bool) -> List[Dict]:
-        """Argmax tokens of each candidate's output positions; eos appended.
+    def _rounding_log_probs(self, z0: torch.Tensor) -> torch.Tensor:
+        logits = self.model.output_logits(z0).float()
+        logits[..., self.bos] = float("-inf")
+        return torch.log_softmax(logits, dim=-1)  # (N, L, V)
+
+    def _sample_masked(self, problem):
+        """A masked-diffusion sampler over all candidates: tokens (N, L) and each token's log-prob when drawn."""
+        return masked_sampler(self.cfg)(
+            problem.denoise_fn,
+            problem.z_1,
+            num_steps=self.cfg.decoding_steps,
+            mask_id=problem.mask_id,
+            schedule=problem.schedule,
+            forbidden_ids=problem.forbidden_ids,
+            return_scores=True,
+            **token_sampling(self.cfg),
+        )
+
+    def _candidates(self, tokens, scores, output_mask, stop_at_eos: bool) -> List[Dict]:
+        """Each candidate's output positions as a hypothesis dict; eos appended.
 
         stop_at_eos: cut at the first generated eos/pad (the length is generated); otherwise the length
         is given and eos/pad generated inside it are dropped.
         """
-        logits = logits.float()
-        logits[..., self.bos] = float("-inf")
-        lprobs = torch.log_softmax(logits, dim=-1)
-        scores, tokens = lprobs.max(dim=-1)  # (N, L)
         out = []
         for n in range(tokens.size(0)):
             toks, sc = tokens[n][output_mask[n]], scores[n][output_mask[n]]
@@ -105,10 +224,11 @@ class DiffusionGenerator:
         groups: List[List[Dict]] = [[] for _ in range(bsz)]
         for cand, b in zip(candidates, owner.tolist()):
             groups[b].append(cand)
-        if self.cfg.candidate_selection == "mbr-bleu":
+        utility = MBR_UTILITIES.get(self.cfg.candidate_selection)
+        if utility is not None:
             ranked = []
             for group in groups:
                 texts = [self.tgt_dict.string(c["tokens"]) for c in group]
-                ranked.append([group[i] for i in mbr_rank(texts)])
+                ranked.append([group[i] for i in mbr_rank(texts, utility)])
             return ranked
         return [sorted(group, key=lambda c: -float(c["score"])) for group in groups]

@@ -56,9 +56,12 @@ def sample(
     z0_fixed: Optional[torch.Tensor] = None,
     early_stop: int = 0,
     generator: Optional[torch.Generator] = None,
+    return_unclamped: bool = False,
 ) -> torch.Tensor:
     """Run the reverse process from z_T (B, L, D); return the final z0_hat (B, L, D).
 
+    return_unclamped: also return the denoiser's last output before clamping (B, L, D), whose
+    rounding log-probabilities score the candidates (a clamped z0_hat is an embedding row exactly).
     clamp_embeddings: (V, D) rows to clamp z0_hat onto each step (None: no clamping).
     early_stop: if > 0, stop after that many network calls and return the current z0_hat
     (Difformer's "early stop at step 5" of a 20-step schedule).
@@ -73,14 +76,14 @@ def sample(
     batch = z_T.shape[0]
     for k, step in enumerate(steps):
         t = torch.full((batch,), step, dtype=torch.long, device=z_T.device)
-        z0_hat = denoise_fn(z_t, t, z0_hat if self_condition else None)
+        z0_hat = unclamped = denoise_fn(z_t, t, z0_hat if self_condition else None)
         if clamp_embeddings is not None:
             z0_hat = clamp_embeddings[nearest_embedding(z0_hat, clamp_embeddings)].to(z0_hat.dtype)
         z0_hat = reset_clean(z0_hat, z0_fixed, keep_mask)
         if k + 1 < len(steps):
             s = torch.full_like(t, steps[k + 1])
             z_t = reset_clean(STEPS[method](diffusion, z0_hat, z_t, t, s, generator), z0_fixed, keep_mask)
-    return z0_hat
+    return (z0_hat, reset_clean(unclamped, z0_fixed, keep_mask)) if return_unclamped else z0_hat
 
 
 STEPS = {

@@ -84,7 +84,7 @@ def _unmask_probability(schedule, t: Tensor, s: Tensor, x0_hat: Tensor, maskable
     return ((alpha_s - alpha_t) / (1.0 - alpha_t).clamp_min(1e-12)).clamp(0.0, 1.0)
 
 
-def ddpm_step(
+def _ddpm_update(
     logits: Tensor,
     z_t: Tensor,
     t: Tensor,
@@ -96,15 +96,25 @@ def ddpm_step(
     forbidden_ids: Sequence[int] = (),
     generator: Optional[torch.Generator] = None,
     **token_kwargs,
-) -> Tensor:
-    """One ancestral step z_t -> z_s, t and s (B,) with s < t. logits (B, L, V); returns z_s (B, L)."""
+) -> Tuple[Tensor, Tensor]:
+    """z_s (B, L) and the log-prob (B, L) of the token drawn at each masked position (0 elsewhere)."""
     is_masked = z_t == mask_id  # (B, L)
     log_probs = subs_log_probs(logits, z_t, mask_id=mask_id, forbidden_ids=forbidden_ids)  # (B, L, V)
-    x0_hat = z_t.clone()
-    x0_hat[is_masked] = draw_tokens(log_probs[is_masked], generator=generator, **token_kwargs)[0]
+    x0_hat, drawn_lp = z_t.clone(), torch.zeros(z_t.shape, device=z_t.device)
+    x0_hat[is_masked], lp = draw_tokens(log_probs[is_masked], generator=generator, **token_kwargs)
+    drawn_lp[is_masked] = lp.float()
     p_unmask = _unmask_probability(schedule, t, s, x0_hat, maskable)
     u = torch.rand(z_t.shape, device=z_t.device, generator=generator)  # (B, L)
-    return torch.where(is_masked & (u < p_unmask), x0_hat, z_t)
+    return torch.where(is_masked & (u < p_unmask), x0_hat, z_t), drawn_lp
+
+
+def ddpm_step(logits: Tensor, z_t: Tensor, t: Tensor, s: Tensor, **kwargs) -> Tensor:
+    """One ancestral step z_t -> z_s, t and s (B,) with s < t. logits (B, L, V); returns z_s (B, L).
+
+    Keyword arguments: ``schedule``, ``mask_id``, ``maskable`` (B, L), ``forbidden_ids``, ``generator``,
+    ``temperature``, ``top_k``, ``top_p``.
+    """
+    return _ddpm_update(logits, z_t, t, s, **kwargs)[0]
 
 
 def _check_start(z_1: Tensor, num_steps: int) -> None:
@@ -123,10 +133,13 @@ def _call(denoise_fn: DenoiseFn, z_t: Tensor, t: float) -> Tensor:
     return logits
 
 
-def _ancestral(denoise_fn, z_1, *, num_steps, mask_id, schedule, cache, generator, **token_kwargs) -> Tensor:
+def _ancestral(
+    denoise_fn, z_1, *, num_steps, mask_id, schedule, cache, generator, return_scores, **token_kwargs
+):
     _check_start(z_1, num_steps)
     schedule = LinearSchedule() if schedule is None else schedule
     maskable, z_t, changed = z_1 == mask_id, z_1, True
+    scores = torch.zeros(z_1.shape, device=z_1.device)  # (B, L) log-prob of each token when it was drawn
     grid = [1.0 - i / num_steps for i in range(num_steps)] + [0.0]  # 1 = t_0 > ... > t_N = 0
     for i in range(num_steps):
         if not bool((z_t == mask_id).any()):
@@ -134,19 +147,14 @@ def _ancestral(denoise_fn, z_1, *, num_steps, mask_id, schedule, cache, generato
         if changed or not cache:
             logits = _call(denoise_fn, z_t, grid[i])
         t, s = (torch.full((z_t.size(0),), v, device=z_t.device) for v in grid[i : i + 2])
-        z_s = ddpm_step(
-            logits,
-            z_t,
-            t,
-            s,
-            schedule=schedule,
-            mask_id=mask_id,
-            maskable=maskable,
-            generator=generator,
+        z_s, drawn_lp = _ddpm_update(
+            logits, z_t, t, s, schedule=schedule, mask_id=mask_id, maskable=maskable, generator=generator,
             **token_kwargs,
         )
-        changed, z_t = not torch.equal(z_s, z_t), z_s
-    return z_t
+        revealed = z_s != z_t
+        scores = torch.where(revealed, drawn_lp, scores)
+        changed, z_t = bool(revealed.any()), z_s
+    return (z_t, scores) if return_scores else z_t
 
 
 @torch.no_grad()
@@ -154,7 +162,8 @@ def ddpm_sample(denoise_fn: DenoiseFn, z_1: Tensor, **kwargs) -> Tensor:
     """Ancestral sampling from z_1 (B, L): (B, L).
 
     Keyword arguments: ``num_steps``, ``mask_id``, ``schedule`` (default linear), ``forbidden_ids``,
-    ``generator``, ``temperature``, ``top_k``, ``top_p``.
+    ``generator``, ``temperature``, ``top_k``, ``top_p``, ``return_scores``: also return the log-prob
+    (B, L) each generated token had when it was drawn (0 at fixed positions).
     """
     return _ancestral(denoise_fn, z_1, cache=False, **_sampling_defaults(kwargs))
 
@@ -169,7 +178,7 @@ def _sampling_defaults(kwargs: dict) -> dict:
     for name in ("num_steps", "mask_id"):
         if name not in kwargs:
             raise TypeError(f"missing required keyword argument {name!r}")
-    return {"schedule": None, "generator": None, **kwargs}
+    return {"schedule": None, "generator": None, "return_scores": False, **kwargs}
 
 
 def _remask_least_confident(
@@ -196,8 +205,11 @@ def confidence_sample(
     temperature: float = 0.0,
     top_k: int = 0,
     top_p: float = 1.0,
+    return_scores: bool = False,
 ) -> Tensor:
     """Mask-predict from z_1 (B, L) in ``num_steps`` iterations: (B, L). Greedy by default.
+
+    ``return_scores``: also return each generated token's log-prob at its last prediction (B, L).
 
     At iteration i the masked fraction is (N - i)/N and that is the t passed to denoise_fn (the
     linear-schedule time; ``schedule`` is accepted for a uniform registry signature and unused).
@@ -216,7 +228,7 @@ def confidence_sample(
         tokens[is_masked], scores[is_masked] = drawn, confidence.float()
         count = num_gen * (num_steps - 1 - i) // num_steps  # (B,) linearly down to 0
         z_t = _remask_least_confident(tokens, scores, maskable, count, mask_id)
-    return z_t
+    return (z_t, scores.masked_fill(~maskable, 0.0)) if return_scores else z_t
 
 
 SAMPLERS: Dict[str, Callable[..., Tensor]] = {
@@ -244,6 +256,7 @@ def semi_ar_sample(
     num_steps: int,
     mask_id: int,
     sampler: str = "ddpm",
+    return_scores: bool = False,
     **sampler_kwargs,
 ) -> Tensor:
     """Generate blocks of ``block_length`` tokens left to right after prefix (B, P): (B, total_length).
@@ -260,10 +273,14 @@ def semi_ar_sample(
     if bool((prefix == mask_id).any()):
         raise ValueError(f"the prefix contains mask_id={mask_id}; it must be fully known")
     sample, out = get_sampler(sampler), prefix
+    scores = torch.zeros(prefix.shape, device=prefix.device)  # (B, P): the prefix is given
     while out.size(1) < total_length:
         n_new = min(block_length, total_length - out.size(1))
         context = out[:, out.size(1) - min(out.size(1), model_length - n_new) :]
         window = torch.cat([context, out.new_full((out.size(0), n_new), mask_id)], dim=1)
-        window = sample(denoise_fn, window, num_steps=num_steps, mask_id=mask_id, **sampler_kwargs)
+        window, window_scores = sample(
+            denoise_fn, window, num_steps=num_steps, mask_id=mask_id, return_scores=True, **sampler_kwargs
+        )
         out = torch.cat([out, window[:, -n_new:]], dim=1)
-    return out
+        scores = torch.cat([scores, window_scores[:, -n_new:]], dim=1)
+    return (out, scores) if return_scores else out

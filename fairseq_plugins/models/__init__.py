@@ -1,1 +1,1 @@
-from fairseq_plugins.models import difformer, diffuseq  # noqa: F401
+from fairseq_plugins.models import difformer, diffuseq, masked_diffusion  # noqa: F401

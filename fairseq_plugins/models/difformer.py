@@ -23,9 +23,7 @@ from fairseq_plugins.models.embedding_diffusion import (
     EmbeddingDiffusionModel,
     architecture_defaults,
 )
-from fairseq_plugins.models.layers import Stack
-
-LENGTH_CLASSES = 256
+from fairseq_plugins.models.layers import LengthPredictor, Stack
 
 
 class Encoded(NamedTuple):
@@ -67,7 +65,7 @@ class DifformerModel(EmbeddingDiffusionModel):
         self.time = TimeEmbedding(d)
         self.decoder = Stack(cfg, layers=cfg.decoder_layers, max_positions=cfg.max_target_positions, cross_attention=True)
         self.out_proj = nn.Linear(d, lat)
-        self.length = nn.Linear(d, LENGTH_CLASSES)
+        self.length = LengthPredictor(d, pad=self.pad, offset=cfg.pred_length_offset)
 
     @classmethod
     def build_model(cls, cfg, task):
@@ -84,9 +82,7 @@ class DifformerModel(EmbeddingDiffusionModel):
         mask = src_tokens.eq(self.pad)
         src_latent = self.embed_latent(src_tokens)
         h = self.encoder(self.src_proj(src_latent), mask)  # (B, S, C)
-        keep = (~mask).unsqueeze(-1).type_as(h)
-        pooled = (h * keep).sum(1) / keep.sum(1).clamp(min=1)  # (B, C)
-        return Encoded(h.transpose(0, 1), mask, F.log_softmax(self.length(pooled).float(), dim=-1), src_latent)
+        return Encoded(h.transpose(0, 1), mask, self.length.log_probs(h, mask), src_latent)
 
     def decoder_context(self, enc: "Encoded", lengths: torch.Tensor, max_len: int) -> torch.Tensor:
         """What the decoder input gets besides z_t, fixed across steps: (B, L, C) or a (B, 1, C) zero."""
@@ -104,16 +100,6 @@ class DifformerModel(EmbeddingDiffusionModel):
         h = self.decoder(h, padding_mask, memory=enc.memory, memory_padding_mask=enc.memory_mask)
         return self.out_proj(h)
 
-    def length_targets(self, src_tokens, lengths):
-        if not self.cfg.pred_length_offset:
-            return lengths.clamp(0, LENGTH_CLASSES - 1)
-        return (lengths - src_tokens.ne(self.pad).sum(-1) + LENGTH_CLASSES // 2).clamp(0, LENGTH_CLASSES - 1)
-
-    def lengths_from_classes(self, src_tokens, classes):
-        if self.cfg.pred_length_offset:
-            classes = classes - LENGTH_CLASSES // 2 + src_tokens.ne(self.pad).sum(-1, keepdim=True)
-        return classes.clamp(2, self.cfg.max_target_positions)
-
     # --- training ------------------------------------------------------------------------------
     def forward(self, src_tokens, src_lengths, prev_output_tokens=None, tgt_tokens=None, **unused):
         """Named loss terms (fairseq nat_loss contract) for a batch of (source, target) pairs."""
@@ -127,7 +113,7 @@ class DifformerModel(EmbeddingDiffusionModel):
         z0_hat = self.denoise(z_t, t, z0_self_cond, enc, context, ~tgt_mask)
         mse = masked_mse(z0_hat, z0, tgt_mask)
         anchor = token_nll(self.output_logits(z0_hat), tgt_tokens, tgt_mask, self.cfg.label_smoothing)
-        length_target = self.length_targets(src_tokens, tgt_mask.sum(-1))
+        length_target = self.length.targets(src_tokens, tgt_mask.sum(-1))
         length_nll = F.nll_loss(enc.length_lprobs, length_target)
         return {
             "mse": {"loss": (weights * mse.per_example).sum() / mse.tokens.sum(), "factor": 1.0},
@@ -140,9 +126,9 @@ class DifformerModel(EmbeddingDiffusionModel):
         """Encode once; K lengths x M noise samples per sentence share the expanded encoder memory."""
         enc = self.encode(src_tokens)
         bsz = src_tokens.size(0)
-        k = min(length_beam, LENGTH_CLASSES)
+        k = min(length_beam, LengthPredictor.CLASSES)
         top_classes = enc.length_lprobs.topk(k, dim=-1).indices  # (B, K)
-        lengths = self.lengths_from_classes(src_tokens, top_classes)
+        lengths = self.length.lengths(src_tokens, top_classes, self.cfg.max_target_positions)
         lengths = lengths.repeat_interleave(noise_beam, dim=1).reshape(-1)  # (N,)
         owner = torch.arange(bsz, device=src_tokens.device).repeat_interleave(k * noise_beam)  # (N,)
         max_len = int(lengths.max())

@@ -9,29 +9,19 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 import torch
-from fairseq.dataclass import ChoiceEnum, FairseqDataclass
+from fairseq.dataclass import ChoiceEnum
 from fairseq.models import BaseFairseqModel
-from fairseq.utils import safe_getattr
 from torch import nn
 
 from difftext.processes.gaussian import GaussianDiffusion, NoiseFactor
 from difftext.schedules.gaussian import SCHEDULES, build_schedule
 from fairseq_plugins.errors import DifftextError
+from fairseq_plugins.models.layers import StackConfig, architecture_defaults, check_joined_dictionary  # noqa: F401
 
 
 @dataclass
-class EmbeddingDiffusionConfig(FairseqDataclass):
+class EmbeddingDiffusionConfig(StackConfig):
     latent_dim: int = field(default=128, metadata={"help": "dimension of the diffused token embeddings"})
-    model_dim: int = field(default=512, metadata={"help": "transformer width (latents are projected to it)"})
-    ffn_dim: int = field(default=2048, metadata={"help": "transformer feed-forward width"})
-    attention_heads: int = field(default=8, metadata={"help": "attention heads per layer"})
-    normalize_before: bool = field(default=False, metadata={"help": "pre-norm transformer layers"})
-    activation_fn: ChoiceEnum(["relu", "gelu"]) = field(default="gelu", metadata={"help": "FFN activation"})
-    dropout: float = field(default=0.1, metadata={"help": "dropout probability"})
-    attention_dropout: float = field(default=0.0, metadata={"help": "dropout on attention weights"})
-    activation_dropout: float = field(default=0.0, metadata={"help": "dropout after the FFN activation"})
-    max_source_positions: int = field(default=256, metadata={"help": "maximum source length (tokens)"})
-    max_target_positions: int = field(default=256, metadata={"help": "maximum target length (tokens)"})
     diffusion_steps: int = field(default=2000, metadata={"help": "number of diffusion steps T"})
     noise_schedule: ChoiceEnum(sorted(SCHEDULES)) = field(default="sqrt", metadata={"help": "alpha_bar schedule"})
     noise_factor: float = field(default=1.0, metadata={"help": "noise factor F >= 1 (Difformer: 4 for IWSLT14)"})
@@ -64,12 +54,6 @@ class DecodingProblem:
     stop_at_eos: bool = True
 
 
-def architecture_defaults(args, **defaults):
-    """Fill every field of ``args`` that the user did not set from ``defaults`` (fairseq arch presets)."""
-    for name, value in defaults.items():
-        setattr(args, name, safe_getattr(args, name, value))
-
-
 class EmbeddingDiffusionModel(BaseFairseqModel):
     """Base: token embedding table, embedding norm, Gaussian process; subclasses add the denoiser."""
 
@@ -87,14 +71,7 @@ class EmbeddingDiffusionModel(BaseFairseqModel):
 
     @classmethod
     def check_dictionaries(cls, task):
-        if len(task.source_dictionary) != len(task.target_dictionary) or any(
-            a != b for a, b in zip(task.source_dictionary.symbols, task.target_dictionary.symbols)
-        ):
-            raise DifftextError(
-                f"{cls.__name__} shares one embedding between source and target, but the data has separate "
-                f"dictionaries ({len(task.source_dictionary)} and {len(task.target_dictionary)} types); "
-                "binarize with fairseq-preprocess --joined-dictionary"
-            )
+        check_joined_dictionary(cls.__name__, task)
 
     def latent_table(self) -> torch.Tensor:
         """The clean latents of all V tokens: (V, latent_dim) = (LayerNorm of) the embedding matrix."""

@@ -1,1 +1,1 @@
-from fairseq_plugins.tasks import text_diffusion  # noqa: F401
+from fairseq_plugins.tasks import text_diffusion, text_diffusion_lm  # noqa: F401

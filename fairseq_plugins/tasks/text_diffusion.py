@@ -13,10 +13,13 @@ from fairseq import utils
 from fairseq.dataclass import ChoiceEnum
 from fairseq.tasks import register_task
 from fairseq.tasks.translation import TranslationConfig, TranslationTask
+from omegaconf import II
 
 from fairseq_plugins.errors import DifftextError
+from fairseq_plugins.manifest import bind_data_manifest
+from fairseq_plugins.reliability import ReliabilityMixin
 
-SELECTIONS = ChoiceEnum(["score", "mbr-bleu"])
+SELECTIONS = ChoiceEnum(["score", "mbr-bleu", "mbr-rouge"])
 METHODS = ChoiceEnum(["ddim", "ddpm"])
 
 
@@ -34,7 +37,7 @@ class TextDiffusionConfig(TranslationConfig):
     candidate_selection: SELECTIONS = field(
         default="score",
         metadata={"help": "pick among the K x M candidates by model score (mean token log-prob) or by "
-                  "MBR with sentence-BLEU utility (mbr-bleu)"},
+                  "MBR with sentence-BLEU (mbr-bleu) or ROUGE-L F1 (mbr-rouge) utility"},
     )
     clamping: bool = field(
         default=False, metadata={"help": "replace z0_hat by its nearest embedding at every decoding step"}
@@ -48,26 +51,81 @@ class TextDiffusionConfig(TranslationConfig):
     decoding_early_stop: int = field(
         default=0, metadata={"help": "stop after this many of the N steps and output z0_hat (0: run all)"}
     )
+    # masked (discrete) diffusion models
+    sampler: Optional[str] = field(
+        default=None,
+        metadata={"help": "masked models: confidence (mask-predict, the default), ddpm (ancestral) or ddpm_cache "
+                  "(ancestral, reusing the network output while no token changes; time-agnostic models)"},
+    )
+    token_temperature: Optional[float] = field(
+        default=None, metadata={"help": "masked models: temperature of token draws (0 = greedy; default: greedy "
+                                "for confidence, 1 for ddpm / ddpm_cache)"}
+    )
+    token_topk: int = field(default=0, metadata={"help": "masked models: draw among the k most likely tokens (0: off)"})
+    token_topp: float = field(default=1.0, metadata={"help": "masked models: nucleus (top-p) mass of token draws (1: off)"})
+    elbo_samples: int = field(
+        default=1, metadata={"help": "masked models: Monte-Carlo time samples per sequence for the ELBO at "
+                             "validation (fairseq-validate reports nelbo in nats/token and ppl)"}
+    )
+    seed: int = II("common.seed")  # seeds each training micro-batch, see fairseq_plugins/reliability.py
+
+
+def check_data_paths(data: Optional[str]) -> list:
+    """The data directories of --data (one-line errors when missing)."""
+    paths = utils.split_paths(data) if data else []
+    if not paths:
+        raise DifftextError("no data directory given; pass the fairseq-preprocess output dir as the first argument")
+    for path in paths:
+        if not os.path.isdir(path):
+            raise DifftextError(
+                f"data directory {path!r} does not exist; run fairseq-preprocess (or data_scripts/) "
+                "first and pass its --destdir"
+            )
+    return paths
+
+
+class DiffusionTaskMixin(ReliabilityMixin):
+    """What both diffusion tasks add to their fairseq parent: ELBO validation with K time samples, and
+    telling models whether they are being built to load a checkpoint (then e.g. --bert-init is skipped).
+    ReliabilityMixin: per-micro-batch seeding, skipping non-finite batches, one-line errors for bad input."""
+
+    building_from_checkpoint = False
+
+    def build_model(self, cfg, from_checkpoint=False):
+        self.building_from_checkpoint = from_checkpoint
+        try:
+            return super().build_model(cfg, from_checkpoint)
+        finally:
+            self.building_from_checkpoint = False
+
+    def valid_step(self, sample, model, criterion):
+        """The criterion averaged over --elbo-samples Monte-Carlo draws of time and masks."""
+        k = self.cfg.elbo_samples
+        if k < 1:
+            raise DifftextError(f"--elbo-samples must be >= 1 (got {k})")
+        results = [super(DiffusionTaskMixin, self).valid_step(sample, model, criterion) for _ in range(k)]
+        if k == 1:
+            return results[0]
+        loss = sum(r[0] for r in results)
+        sample_size = sum(r[1] for r in results)
+        logging_output = {key: sum(r[2][key] for r in results) for key in results[0][2]}
+        for key in ("ntokens", "nsentences"):  # counts of the data, not of the draws
+            logging_output[key] = results[0][2][key]
+        return loss, sample_size, logging_output
 
 
 @register_task("text_diffusion", dataclass=TextDiffusionConfig)
-class TextDiffusionTask(TranslationTask):
+class TextDiffusionTask(DiffusionTaskMixin, TranslationTask):
     """Sequence-to-sequence text diffusion over binarized parallel data."""
 
     cfg: TextDiffusionConfig
 
     @classmethod
     def setup_task(cls, cfg: TextDiffusionConfig, **kwargs):
-        paths = utils.split_paths(cfg.data) if cfg.data else []
-        if not paths:
-            raise DifftextError("no data directory given; pass the fairseq-preprocess output dir as the first argument")
-        for path in paths:
-            if not os.path.isdir(path):
-                raise DifftextError(
-                    f"data directory {path!r} does not exist; run fairseq-preprocess (or data_scripts/) "
-                    "first and pass its --destdir"
-                )
-        return super().setup_task(cfg, **kwargs)
+        paths = check_data_paths(cfg.data)
+        task = super().setup_task(cfg, **kwargs)
+        bind_data_manifest(task, paths[0])  # dicts match manifest.json; checkpoints remember and check them
+        return task
 
     def load_dataset(self, split, epoch=1, combine=False, **kwargs):
         path = utils.split_paths(self.cfg.data)[0]
@@ -91,4 +149,4 @@ class TextDiffusionTask(TranslationTask):
     def build_generator(self, models, args, seq_gen_cls=None, extra_gen_cls_kwargs=None, **unused):
         from fairseq_plugins.generator import DiffusionGenerator
 
-        return DiffusionGenerator(models, self.target_dictionary, self.cfg)
+        return DiffusionGenerator(models, self.target_dictionary, self.cfg, args)
