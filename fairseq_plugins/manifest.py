@@ -121,8 +121,9 @@ def mismatch(trained: dict, found: dict, data_dir: str) -> Optional[str]:
         saved = trained.get("dictionaries", {}).get(role)
         if saved is None or saved.get("sha256") == seen["sha256"]:
             continue
+        kind = "dictionary" if role == "dictionary" else f"{role} dictionary"
         return (
-            f"checkpoint was trained on data with a {role} dictionary of {saved.get('size')} types "
+            f"checkpoint was trained on data with a {kind} of {saved.get('size')} types "
             f"(sha256 {saved['sha256'][:12]}, {saved.get('file')}) but {data_dir} has {seen['size']} "
             f"(sha256 {seen['sha256'][:12]}, {seen['file']}); pass the data-bin the model was trained on "
             "(or binarize your data with its dictionary: fairseq-preprocess --srcdict/--tgtdict)"
