@@ -77,9 +77,8 @@ def test_bad_decoding_flags_are_one_line_errors(data_bin, trained, arch, flags, 
     one_line_error(proc, *fragments)
 
 
-def test_sampler_flag_on_a_continuous_model_is_refused(data_bin, tmp_path):
-    run_cli(train_args(data_bin, tmp_path, "difformer_tiny", "--max-update", "1"))
-    proc = run_cli(generate_args(data_bin, tmp_path / "checkpoint_last.pt", "--sampler", "ddpm"), check=False)
+def test_sampler_flag_on_a_continuous_model_is_refused(data_bin, difformer_dir):
+    proc = run_cli(generate_args(data_bin, difformer_dir / "checkpoint_last.pt", "--sampler", "ddpm"), check=False)
     one_line_error(proc, "--sampler applies to masked diffusion models only")
 
 
