@@ -1,0 +1,1 @@
+"""The benchmark suite (issue 6): `python bench/run.py --help`."""

@@ -1,0 +1,99 @@
+"""Item 7: difformer_iwslt_de_en on a GPU in fp32 / fp16 / bf16: training tokens/s, peak GPU memory, MFU,
+decoding sentences/s at batch 128; recorded with the device name.
+
+Training runs the cost window of ``bench/train_worker.py`` (warm-up updates, then timed updates on Multi30k
+batches of ``--gpu-max-tokens``). MFU = 6 x parameters x (source + target tokens) per second / the device's
+dense peak for the precision (fp32 without TF32, which PyTorch leaves off for matmuls by default); the
+6ND rule ignores attention scores and counts the embedding table, so it is an estimate. Without a GPU the
+item is skipped; the smoke mode runs it on the CPU with the tiny model in fp32 so the code path is tested.
+"""
+import dataclasses
+import sys
+from typing import Dict, Optional
+
+from bench.common import BENCH, git_commit, machine, now, read_json, relative, run_logged, write_json
+from bench.models import CONTINUOUS, specs
+from bench.pipeline import Settings, train
+
+PRECISIONS = {"fp32": [], "fp16": ["--fp16"], "bf16": ["--bf16"]}
+# dense peak FLOP/s by device-name substring: (fp32 without TF32, fp16/bf16 tensor cores), vendor data sheets
+# (first match wins; other devices get no MFU rather than a wrong one)
+PEAKS = {"H200": (67e12, 989e12), "H100 PCIe": (51e12, 756e12), "H100": (67e12, 989e12),
+         "A100": (19.5e12, 312e12), "V100": (15.7e12, 125e12)}
+DECODE = {"s20_k1_m1_score": ["--decoding-steps", "20"],
+          "s20_k7_m3_mbr-bleu": ["--decoding-steps", "20", "--length-beam", "7", "--noise-beam", "3",
+                                 "--candidate-selection", "mbr-bleu"]}
+SMOKE_DECODE = {"s2_k1_m1_score": ["--decoding-steps", "2"],
+                "s2_k2_m1_mbr-bleu": ["--decoding-steps", "2", "--length-beam", "2",
+                                      "--candidate-selection", "mbr-bleu"]}
+
+
+def peak_flops(device: Optional[str], precision: str) -> Optional[float]:
+    for name, (fp32, half) in PEAKS.items():
+        if device and name in device:
+            return fp32 if precision == "fp32" else half
+    return None
+
+
+def mfu(parameters: int, tokens_per_s: float, device: Optional[str], precision: str) -> Optional[float]:
+    peak = peak_flops(device, precision)
+    return 6 * parameters * tokens_per_s / peak if peak and parameters and tokens_per_s else None
+
+
+def run_gpu(s: Settings, max_tokens: int, force: bool = False) -> Optional[Dict]:
+    import torch
+
+    cuda = torch.cuda.is_available()
+    if not cuda and not s.smoke:
+        print("bench: gpu: skipped (no CUDA device)", flush=True)
+        return None
+    path = s.results / "gpu.json"
+    key = {"commit": git_commit(), "max_tokens": max_tokens, "updates": s.cost_warmup + s.cost_updates,
+           "device": torch.cuda.get_device_name(0) if cuda else "cpu"}
+    cached = read_json(path)
+    if cached and cached.get("key") == key and not force:
+        print("bench: gpu: cached", flush=True)
+        return cached
+    arch = "difformer_tiny" if s.smoke else "difformer_iwslt_de_en"
+    base = specs("tiny" if s.smoke else "small")["difformer"]
+    spec = dataclasses.replace(base, name="gpu_difformer", arch=("--arch", arch, "--src-embedding-copy"),
+                               cost_only=True)
+    settings = dataclasses.replace(s, cpu=not cuda, max_tokens=max_tokens, profile_updates=0)
+    result = {"model": arch, "key": key, "date": now(), "machine": machine(s.threads), "smoke": s.smoke,
+              "device": key["device"], "precisions": {}}
+    for precision, flags in PRECISIONS.items():
+        if not cuda and precision != "fp32":
+            continue
+        print(f"bench: gpu: {arch} {precision}", flush=True)
+        stats = train(spec, settings, key, force, extra=flags, tag=f"_{precision}")
+        w = stats["window"]
+        tokens_per_s = (w["source_tokens"] + w["target_tokens"]) / w["seconds"] if w["seconds"] else None
+        entry = {"target_tokens_per_s": stats.get("target_tokens_per_s"), "tokens_per_s": tokens_per_s,
+                 "peak_gpu_memory_mb": stats.get("peak_gpu_memory_mb"), "parameters": stats["parameters"],
+                 "mfu": mfu(stats["parameters"], tokens_per_s, result["device"], precision),
+                 "peak_flops": peak_flops(result["device"], precision), "window": w,
+                 "train_command": stats["command"]}
+        entry["decode"] = _decode(settings, stats, precision, flags)
+        result["precisions"][precision] = entry
+    write_json(path, result)
+    return result
+
+
+def _decode(s: Settings, stats: Dict, precision: str, flags) -> Dict:
+    checkpoint = f"{stats['save_dir']}/checkpoint_last.pt"
+    common = ["--task", "text_diffusion", "--post-process", "sentencepiece", "--seed", "1", *CONTINUOUS, *flags]
+    common += ["--cpu"] if s.cpu else []
+    jobs = [{"name": f"{name}_b128{suffix}", "checkpoint": checkpoint, "flags": cfg, "batch_size": 128,
+             "shards": s.grid_shards}
+            for suffix in ("_warmup", "")
+            for name, cfg in list((SMOKE_DECODE if s.smoke else DECODE).items())[:1 if suffix else None]]
+    plan = {"data": str(s.mt_data), "ref": str(s.mt_data / "raw" / "test.en"), "common": common,
+            "out_dir": str(s.work / "decode" / f"gpu_{precision}"), "jobs": jobs}
+    plan_file, out_file = s.work / "stats" / f"gpu_{precision}.decode-plan.json", \
+        s.work / "stats" / f"gpu_{precision}.decode.json"
+    write_json(plan_file, plan)
+    cmd = [sys.executable, BENCH / "decode_worker.py", "--plan", plan_file, "--out", out_file]
+    run_logged(cmd, s.work / "logs" / f"gpu_{precision}.decode.log", threads=s.threads, quiet=s.quiet)
+    out = {j["name"]: {k: j[k] for k in ("sentences_per_s", "sacrebleu", "sentences", "command")}
+           for j in read_json(out_file)["jobs"] if not j["name"].endswith("_warmup")}
+    return dict(out, worker=relative(cmd))

@@ -1,0 +1,193 @@
+"""One model through the suite: train (budgeted, instrumented), then decode the grid or evaluate the LM; cached.
+
+Each step is a subprocess running the real fairseq CLI code (``bench/*_worker.py``), so every model starts
+from the same state and its peak memory is its own. A model's result is ``RESULTS_DIR/<model>.json``, keyed
+by the training budget, the commit and a hash of its configuration: a rerun skips models whose key matches
+(``--force`` retrains), so the suite can be filled one model at a time.
+"""
+import math
+import shutil
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional
+
+from bench.common import (BENCH, USER_DIR, config_hash, git_commit, machine, now, read_json, reference_lines,
+                          relative, run_logged, tool, write_json)
+from bench.models import OPTIMISER, DecodeConfig, Spec, decode_configs
+
+
+@dataclass
+class Settings:
+    results: Path                 # <model>.json files
+    work: Path                    # data-bins, checkpoints, logs, decoding outputs
+    mt_data: Path
+    lm_data: Path
+    budget: float                 # training minutes per model
+    lm_budget: float
+    smoke: bool = False
+    max_tokens: int = 1024
+    save_interval: int = 200
+    cost_warmup: int = 20
+    cost_updates: int = 200
+    profile_updates: int = 5
+    smoke_updates: int = 12
+    curve_fractions: List[float] = field(default_factory=lambda: [0.25, 0.5, 0.75, 1.0])
+    average_last: int = 5
+    grid: Dict = field(default_factory=dict)
+    grid_shards: int = 1          # decode every k-th batch of test2016 for the grid (1: all of it)
+    b1_sentences: int = 100       # batch-1 speed on about this many sentences (every k-th of the test set)
+    threads: Optional[int] = None
+    cpu: bool = True
+    elbo_samples: List[int] = field(default_factory=lambda: [1, 4, 16])
+    elbo_seeds: int = 2
+    lm_sampling: Dict = field(default_factory=lambda: {"num_samples": 64, "length": 128, "steps": 128,
+                                                       "batch_size": 64})
+    quiet: bool = True
+
+    def key(self, spec: Spec) -> Dict:
+        relevant = {k: v for k, v in asdict(self).items() if k not in ("results", "work", "mt_data", "lm_data",
+                                                                      "quiet", "budget", "lm_budget")}
+        return {"budget_minutes": self.budget_of(spec), "commit": git_commit(),
+                "config": config_hash([asdict(spec), relevant])}
+
+    def budget_of(self, spec: Spec) -> Optional[float]:
+        if self.smoke or spec.cost_only:
+            return None
+        return self.lm_budget if spec.lm else self.budget
+
+
+def train_command(spec: Spec, s: Settings, save_dir: Path) -> List[str]:
+    data = s.lm_data if spec.lm else s.mt_data
+    cmd = [str(data), "--user-dir", str(USER_DIR), *spec.task, *spec.arch, *spec.criterion, *OPTIMISER,
+           "--max-tokens", str(s.max_tokens), "--seed", "1", "--save-dir", str(save_dir), "--no-epoch-checkpoints",
+           "--disable-validation", "--no-save-optimizer-state", "--save-interval-updates", str(s.save_interval),
+           "--num-workers", "0", "--log-format", "simple", "--log-interval", "50"]
+    cmd += ["--cpu"] if s.cpu else []
+    window = s.cost_warmup + s.cost_updates + s.profile_updates
+    if s.smoke or spec.cost_only:
+        cmd += ["--max-update", str(max(window, s.smoke_updates) if s.smoke else window)]
+    else:
+        cmd += ["--stop-time-hours", f"{s.budget_of(spec) / 60:.5f}"]
+    return cmd
+
+
+def train(spec: Spec, s: Settings, key: Dict, force: bool = False, extra: List[str] = (), tag: str = "") -> Dict:
+    """Train from scratch (the save dir is emptied: a budget is never resumed); -> the worker's stats.
+
+    A finished training with the same key is reused (a run that failed while decoding resumes there).
+    """
+    name = spec.name + tag
+    save_dir = s.work / "checkpoints" / name
+    fairseq_args = train_command(spec, s, save_dir) + list(extra)
+    stats_file = s.work / "stats" / f"{name}.train.json"
+    done = read_json(stats_file)
+    if done and not force and done.get("key") == key and done.get("command") == relative(
+            [tool("fairseq-train"), *fairseq_args]) and (save_dir / "checkpoint_last.pt").is_file():
+        print(f"bench: {name}: reusing its finished training ({stats_file})", flush=True)
+        return done
+    shutil.rmtree(save_dir, ignore_errors=True)
+    fractions = [] if spec.cost_only else s.curve_fractions
+    cmd = [sys.executable, BENCH / "train_worker.py", "--stats", stats_file, "--cost-warmup", s.cost_warmup,
+           "--cost-updates", s.cost_updates, "--profile-updates", s.profile_updates, "--average-last", s.average_last,
+           "--curve-fractions", *fractions, "--", *fairseq_args]
+    proc = run_logged(cmd, s.work / "logs" / f"{name}.train.log", threads=s.threads, quiet=s.quiet)
+    stats = read_json(stats_file)
+    stats.update(process=proc, command=relative([tool("fairseq-train"), *fairseq_args]), save_dir=str(save_dir),
+                 worker_command=relative(cmd[:cmd.index("--") + 1]) + " <the fairseq-train arguments>", key=key)
+    write_json(stats_file, stats)
+    return stats
+
+
+def decode_plan(spec: Spec, s: Settings, stats: Dict) -> Dict:
+    configs, default = decode_configs(spec, s.grid)
+    by_name = {c.name: c for c in configs}
+    curve = sorted(stats.get("curve", []), key=lambda p: p["fraction"])
+    final = curve[-1]["checkpoint"] if curve else str(Path(stats["save_dir"]) / "checkpoint_last.pt")
+    n_test = len(reference_lines(s.mt_data / "raw" / "test.en"))
+    b1_shards = max(1, math.ceil(n_test / s.b1_sentences))
+
+    def job(name: str, config: DecodeConfig, checkpoint: str, batch: int, shards: int, profile=False):
+        return {"name": name, "config": config.name, "checkpoint": checkpoint, "flags": list(config.flags),
+                "batch_size": batch, "shards": shards, "profile": profile}
+
+    # first: one batch of 128 for the peak memory of decoding (and a warm-up for the timed jobs)
+    jobs = [job("memory_b128", by_name[default], final, 128, max(1, math.ceil(n_test / 128)))]
+    jobs += [job(f"{c.name}_b128", c, final, 128, s.grid_shards) for c in configs]
+    jobs.append(job("warmup_b1", by_name[default], final, 1, max(1, math.ceil(n_test / 5))))  # about 5 sentences
+    jobs += [job(f"{c.name}_b1", c, final, 1, b1_shards) for c in configs]
+    jobs.append(job("profile_b128", by_name[default], final, 128, s.grid_shards, profile=True))
+    jobs += [job(f"curve_{p['fraction']:g}", by_name[default], p["checkpoint"], 128, s.grid_shards)
+             for p in curve[:-1]]
+    common = [*spec.task, "--post-process", "sentencepiece", "--seed", "1", *spec.decode_flags]
+    common += s.grid.get("ar_flags", []) if spec.family == "ar" else []
+    common += ["--cpu"] if s.cpu else []
+    return {"data": str(s.mt_data), "ref": str(s.mt_data / "raw" / "test.en"), "common": common,
+            "out_dir": str(s.work / "decode" / spec.name), "jobs": jobs, "default": default,
+            "grid": [asdict(c) for c in configs]}
+
+
+def decode(spec: Spec, s: Settings, stats: Dict) -> Dict:
+    plan = decode_plan(spec, s, stats)
+    plan_file = s.work / "stats" / f"{spec.name}.decode-plan.json"
+    out_file = s.work / "stats" / f"{spec.name}.decode.json"
+    write_json(plan_file, plan)
+    cmd = [sys.executable, BENCH / "decode_worker.py", "--plan", plan_file, "--out", out_file]
+    proc = run_logged(cmd, s.work / "logs" / f"{spec.name}.decode.log", threads=s.threads, quiet=s.quiet)
+    jobs = {j["name"]: j for j in read_json(out_file)["jobs"]}
+    grid = []
+    for c in plan["grid"]:
+        b128, b1 = jobs[f"{c['name']}_b128"], jobs[f"{c['name']}_b1"]
+        grid.append({**{k: v for k, v in c.items() if k != "flags"}, "sacrebleu": b128["sacrebleu"],
+                     "sentences_per_s_b128": b128["sentences_per_s"], "sentences_per_s_b1": b1["sentences_per_s"],
+                     "sentences_b128": b128["sentences"], "sentences_b1": b1["sentences"],
+                     "empty_hypotheses": b128["empty_hypotheses"], "command": b128["command"]})
+    curve = []
+    for p in stats.get("curve", []):
+        j = jobs.get(f"curve_{p['fraction']:g}") or jobs[f"{plan['default']}_b128"]
+        curve.append(dict({k: p[k] for k in ("fraction", "train_minutes", "updates", "averaged")},
+                          sacrebleu=j["sacrebleu"]))
+    memory, profile = jobs["memory_b128"], jobs["profile_b128"]
+    return {"default": plan["default"], "grid": grid, "curve": curve,
+            "signature": memory["signature"], "worker_command": relative(cmd), "process": proc,
+            "memory": {"config": plan["default"], "peak_rss_mb": memory["peak_rss_mb"],
+                       "baseline_rss_mb": read_json(out_file).get("baseline_rss_mb"),
+                       "sentences": memory["sentences"], "process_peak_rss_mb": proc["peak_rss_mb"]},
+            "profile": dict({k: profile[k] for k in ("decode_s", "forward_s", "forward_calls",
+                                                     "outside_forward_share", "sentences")},
+                            config=plan["default"], batch_size=128)}
+
+
+def lm_eval(spec: Spec, s: Settings, stats: Dict) -> Dict:
+    curve = stats.get("curve") or []
+    checkpoint = curve[-1]["checkpoint"] if curve else str(Path(stats["save_dir"]) / "checkpoint_last.pt")
+    plan = {"data": str(s.lm_data), "checkpoint": checkpoint, "family": spec.family, "cpu": s.cpu,
+            "validate": [*spec.task, "--max-tokens", str(4 * s.max_tokens)] + (["--cpu"] if s.cpu else []),
+            "elbo_samples": s.elbo_samples, "seeds": list(range(1, s.elbo_seeds + 1)), "sampling": s.lm_sampling}
+    plan_file, out_file = s.work / "stats" / f"{spec.name}.lm-plan.json", s.work / "stats" / f"{spec.name}.lm.json"
+    write_json(plan_file, plan)
+    cmd = [sys.executable, BENCH / "lm_worker.py", "--plan", plan_file, "--out", out_file]
+    proc = run_logged(cmd, s.work / "logs" / f"{spec.name}.lm.log", threads=s.threads, quiet=s.quiet)
+    return dict(read_json(out_file), worker_command=relative(cmd), process=proc,
+                averaged=curve[-1]["averaged"] if curve else ["checkpoint_last.pt"])
+
+
+def run_model(spec: Spec, s: Settings, force: bool = False) -> Dict:
+    """The cached result of ``spec``, or a fresh one (written to RESULTS_DIR/<model>.json)."""
+    path = s.results / f"{spec.name}.json"
+    key = s.key(spec)
+    cached = read_json(path)
+    if cached and cached.get("key") == key and not force:
+        print(f"bench: {spec.name}: cached ({path})", flush=True)
+        return cached
+    print(f"bench: {spec.name}: training" + (f" for {key['budget_minutes']:g} min" if key["budget_minutes"] else ""),
+          flush=True)
+    result = {"model": spec.name, "label": spec.label, "family": spec.family, "key": key, "date": now(),
+              "machine": machine(s.threads), "smoke": s.smoke, "arch": " ".join(spec.arch),
+              "self_conditioning": spec.self_conditioning}
+    result["train"] = train(spec, s, key, force)
+    if not spec.cost_only:
+        print(f"bench: {spec.name}: {'evaluating' if spec.lm else 'decoding'}", flush=True)
+        result["lm" if spec.lm else "decode"] = (lm_eval if spec.lm else decode)(spec, s, result["train"])
+    write_json(path, result)
+    return result

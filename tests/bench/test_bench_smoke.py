@@ -1,0 +1,119 @@
+"""The benchmark suite (bench/run.py) in smoke mode: every stage runs end to end on tiny models, so the suite
+cannot rot. The full measurement is not part of the test run."""
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench.gpu import mfu, peak_flops
+from bench.models import FULL_GRID, SMOKE_MODELS, decode_configs, specs
+
+ROOT = Path(__file__).resolve().parents[2]
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def number(x, low=0.0, high=math.inf) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and low <= x <= high
+
+
+def run_bench(*args):
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "run.py"), *map(str, args)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=1800)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout
+
+
+def check_train(t):
+    w = t["window"]
+    assert w["updates"] > 0 and number(w["seconds"]) and w["seconds"] > 0 and w["target_tokens"] > 0
+    assert number(t["ms_per_target_token"]) and t["ms_per_target_token"] > 0
+    assert number(t["peak_rss_mb"]) and t["peak_rss_mb"] > 50 and t["parameters"] > 0
+    assert t["profile"]["top_ops"] and all(number(o["share"], 0, 1) for o in t["profile"]["top_ops"])
+    assert t["command"].startswith("fairseq-train ")
+
+
+def check_decode(d):
+    assert d["grid"] and any(g["name"] == d["default"] for g in d["grid"])
+    for g in d["grid"]:
+        assert number(g["sacrebleu"], 0, 100)
+        assert number(g["sentences_per_s_b128"]) and g["sentences_per_s_b128"] > 0
+        assert number(g["sentences_per_s_b1"]) and g["sentences_per_s_b1"] > 0
+        assert g["command"].startswith("fairseq-generate ")
+    assert d["curve"] and all(number(p["sacrebleu"], 0, 100) and number(p["train_minutes"]) for p in d["curve"])
+    assert number(d["memory"]["peak_rss_mb"]) and d["memory"]["peak_rss_mb"] > 50
+    p = d["profile"]
+    assert number(p["outside_forward_share"], 0, 1) and number(p["forward_s"]) and p["forward_calls"] > 0
+
+
+@pytest.mark.slow
+def test_smoke_suite_end_to_end(tmp_path):
+    out = tmp_path / "smoke"
+    log = run_bench("--smoke", "--out", out)
+    results = {p.stem: json.loads(p.read_text()) for p in (out / "results").glob("*.json")}
+    assert set(SMOKE_MODELS) <= set(results), log
+    for name in SMOKE_MODELS:
+        r = results[name]
+        assert r["smoke"] and r["key"]["commit"] and r["key"]["config"] and r["machine"]["torch"]
+        check_train(r["train"])
+        if r["family"].startswith("lm_"):
+            v = r["lm"]["validate"]
+            assert v and all(number(x["ppl"]) and x["ppl"] > 1 for x in v)
+            assert number(r["lm"]["sampling"].get("samples_per_s")), r["lm"]["sampling"]
+        else:
+            check_decode(r["decode"])
+
+    md = (out / "RESULTS.md").read_text()
+    for heading in ("## Targets", "## 1. Training cost", "## 2. Quality", "## 3. Decoding speed",
+                    "## 4. Decoding efficiency", "## 5. Language modelling", "## 6. Memory", "## 7. GPU"):
+        assert heading in md
+    for name in SMOKE_MODELS:
+        assert f"| {results[name]['label']} |" in md
+    assert "| 1 training cost | Difformer: <= 1.20x AR" in md and "| 5 language model | MDLM LM" in md
+    for png in ("training_cost", "speed_quality", "learning_curves", "lm_bound"):
+        data = (out / "results" / f"{png}.png").read_bytes()
+        assert data.startswith(PNG) and len(data) > 5000, png
+
+    # a second run reuses the cached results and adds the GPU item (on the CPU here, tiny model, fp32)
+    log = run_bench("--smoke", "--out", out, "--models", "ar,gpu")
+    assert "bench: ar: cached" in log
+    gpu = json.loads((out / "results" / "gpu.json").read_text())
+    fp32 = gpu["precisions"]["fp32"]
+    assert number(fp32["tokens_per_s"]) and fp32["tokens_per_s"] > 0 and fp32["parameters"] > 0
+    assert all(number(v["sentences_per_s"]) for k, v in fp32["decode"].items() if k != "worker")
+    assert "## 7. GPU" in (out / "RESULTS.md").read_text() and gpu["device"] in (out / "RESULTS.md").read_text()
+
+
+def test_grid_of_the_full_suite():
+    small = specs("small")
+    difformer, default = decode_configs(small["difformer"], FULL_GRID)
+    names = {c.name for c in difformer}
+    assert len(difformer) == 3 * (3 * 2 + 5)  # steps x (K x M with score + K x M >= 2 with MBR)
+    assert {"s20_k3_m1_score", "s20_k7_m3_mbr-bleu", default} <= names and "s5_k1_m1_mbr-bleu" not in names
+    diffuseq, _ = decode_configs(small["diffuseq"], FULL_GRID)
+    assert {c.length_beam for c in diffuseq} == {1}  # no length predictor
+    mdlm, default = decode_configs(small["mdlm"], FULL_GRID)
+    assert default == "s10_k3_m1_score"
+    assert all(("--token-temperature" in c.flags) == (c.noise_beam > 1) for c in mdlm)
+    ar, default = decode_configs(small["ar"], FULL_GRID)
+    assert default == "beam5" and {c.name for c in ar} == {"beam1", "beam5"}
+
+
+def test_same_size_flags():
+    """The fairseq baselines get the *_small size; language models 6 layers; all share the optimiser."""
+    small = specs("small")
+    ar = " ".join(small["ar"].arch)
+    assert "--encoder-layers 3" in ar and "--decoder-embed-dim 256" in ar and "--decoder-ffn-embed-dim 1024" in ar
+    assert "--decoder-attention-heads 4" in ar and "--share-all-embeddings" in ar
+    lm = " ".join(small["transformer_lm"].arch)
+    assert "--decoder-layers 6" in lm and "--decoder-input-dim 256" in lm and "--decoder-output-dim 256" in lm
+    assert small["mdlm"].arch == ("--arch", "mdlm_small") and small["mdlm_lm"].arch == ("--arch", "mdlm_lm_small")
+
+
+def test_mfu_estimate():
+    assert peak_flops("NVIDIA H100 80GB HBM3", "bf16") == 989e12
+    assert peak_flops("NVIDIA H100 PCIe", "fp32") == 51e12
+    assert peak_flops("cpu", "fp32") is None and mfu(10, 10.0, "cpu", "fp32") is None
+    assert mfu(50_000_000, 100_000.0, "NVIDIA H200", "fp16") == pytest.approx(6 * 5e7 * 1e5 / 989e12)
