@@ -13,7 +13,7 @@ from typing import Dict, Optional
 
 from bench.common import BENCH, git_commit, machine, now, read_json, relative, run_logged, write_json
 from bench.models import CONTINUOUS, specs
-from bench.pipeline import Settings, train
+from bench.pipeline import Settings, same_key, train
 
 PRECISIONS = {"fp32": [], "fp16": ["--fp16"], "bf16": ["--bf16"]}
 # dense peak FLOP/s by device-name substring: (fp32 without TF32, fp16/bf16 tensor cores), vendor data sheets
@@ -51,7 +51,7 @@ def run_gpu(s: Settings, max_tokens: int, force: bool = False) -> Optional[Dict]
     key = {"commit": git_commit(), "max_tokens": max_tokens, "updates": s.cost_warmup + s.cost_updates,
            "device": torch.cuda.get_device_name(0) if cuda else "cpu"}
     cached = read_json(path)
-    if cached and cached.get("key") == key and not force:
+    if cached and same_key(cached.get("key"), key) and not force:
         print("bench: gpu: cached", flush=True)
         return cached
     arch = "difformer_tiny" if s.smoke else "difformer_iwslt_de_en"

@@ -2,8 +2,10 @@
 
 Each step is a subprocess running the real fairseq CLI code (``bench/*_worker.py``), so every model starts
 from the same state and its peak memory is its own. A model's result is ``RESULTS_DIR/<model>.json``, keyed
-by the training budget, the commit and a hash of its configuration: a rerun skips models whose key matches
-(``--force`` retrains), so the suite can be filled one model at a time.
+by the training budget and a hash of its configuration (the commit is recorded with it, not matched: a commit
+that only touches the report or the docs does not retrain the suite): a rerun skips models whose key matches
+(``--force`` retrains; deleting ``RESULTS_DIR/<model>.json`` re-decodes with the finished training), so the
+suite can be filled one model at a time.
 """
 import math
 import shutil
@@ -72,6 +74,11 @@ def train_command(spec: Spec, s: Settings, save_dir: Path) -> List[str]:
     return cmd
 
 
+def same_key(a: Optional[Dict], b: Dict) -> bool:
+    """Whether two result keys name the same experiment (budget and configuration; the commit is a record)."""
+    return bool(a) and {k: v for k, v in a.items() if k != "commit"} == {k: v for k, v in b.items() if k != "commit"}
+
+
 def train(spec: Spec, s: Settings, key: Dict, force: bool = False, extra: List[str] = (), tag: str = "") -> Dict:
     """Train from scratch (the save dir is emptied: a budget is never resumed); -> the worker's stats.
 
@@ -82,7 +89,7 @@ def train(spec: Spec, s: Settings, key: Dict, force: bool = False, extra: List[s
     fairseq_args = train_command(spec, s, save_dir) + list(extra)
     stats_file = s.work / "stats" / f"{name}.train.json"
     done = read_json(stats_file)
-    if done and not force and done.get("key") == key and done.get("command") == relative(
+    if done and not force and same_key(done.get("key"), key) and done.get("command") == relative(
             [tool("fairseq-train"), *fairseq_args]) and (save_dir / "checkpoint_last.pt").is_file():
         print(f"bench: {name}: reusing its finished training ({stats_file})", flush=True)
         return done
@@ -177,7 +184,7 @@ def run_model(spec: Spec, s: Settings, force: bool = False) -> Dict:
     path = s.results / f"{spec.name}.json"
     key = s.key(spec)
     cached = read_json(path)
-    if cached and cached.get("key") == key and not force:
+    if cached and same_key(cached.get("key"), key) and not force:
         print(f"bench: {spec.name}: cached ({path})", flush=True)
         return cached
     print(f"bench: {spec.name}: training" + (f" for {key['budget_minutes']:g} min" if key["budget_minutes"] else ""),

@@ -170,15 +170,24 @@ class DiffusionGenerator:
             early_stop=cfg.decoding_early_stop,
             return_unclamped=True,
         )
-        tokens = self._rounding_log_probs(z0_hat).argmax(-1)  # (N, L)
-        # scores from the denoiser's own prediction: a clamped z0_hat would score every token ~0
-        scores = self._rounding_log_probs(unclamped).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)  # (N, L)
+        # Rounding at the output positions only (DiffuSeq: not the source; Difformer: not past each length).
+        # Tokens from the returned (clamped) z0_hat; scores from the denoiser's own prediction, as a clamped
+        # z0_hat would score every token ~0. One log-softmax over the vocabulary: argmax needs only logits.
+        out = problem.output_mask
+        log_probs = self._rounding_log_probs(unclamped[out])  # (M, V)
+        picked = log_probs.argmax(-1) if not cfg.clamping else self._rounding_logits(z0_hat[out]).argmax(-1)
+        tokens = out.new_full(out.shape, self.pad, dtype=torch.long).masked_scatter_(out, picked)
+        scores = unclamped.new_zeros(out.shape, dtype=torch.float).masked_scatter_(
+            out, log_probs.gather(-1, picked.unsqueeze(-1)).squeeze(-1))
         return tokens, scores
 
-    def _rounding_log_probs(self, z0: torch.Tensor) -> torch.Tensor:
+    def _rounding_logits(self, z0: torch.Tensor) -> torch.Tensor:
         logits = self.model.output_logits(z0).float()
         logits[..., self.bos] = float("-inf")
-        return torch.log_softmax(logits, dim=-1)  # (N, L, V)
+        return logits
+
+    def _rounding_log_probs(self, z0: torch.Tensor) -> torch.Tensor:
+        return torch.log_softmax(self._rounding_logits(z0), dim=-1)  # (N, L, V)
 
     def _sample_masked(self, problem):
         """A masked-diffusion sampler over all candidates: tokens (N, L) and each token's log-prob when drawn."""
@@ -197,28 +206,38 @@ class DiffusionGenerator:
         """Each candidate's output positions as a hypothesis dict; eos appended.
 
         stop_at_eos: cut at the first generated eos/pad (the length is generated); otherwise the length
-        is given and eos/pad generated inside it are dropped.
+        is given and eos/pad generated inside it are dropped. The positional scores are the kept tokens' and
+        then the first generated eos/pad's (0 when there is none) for the appended eos. Batched: the loop
+        only slices rows.
         """
-        out = []
-        for n in range(tokens.size(0)):
-            toks, sc = tokens[n][output_mask[n]], scores[n][output_mask[n]]
-            special = toks.eq(self.eos) | toks.eq(self.pad)
-            if stop_at_eos:
-                stop = special.nonzero()
-                end = int(stop[0]) if len(stop) else toks.numel()
-                keep = torch.arange(toks.numel(), device=toks.device) < end
-            else:
-                keep = ~special
-            positional = torch.cat([sc[keep], sc[special][:1] if special.any() else sc.new_zeros(1)])
-            out.append(
-                {
-                    "tokens": torch.cat([toks[keep], toks.new_full((1,), self.eos)]),
-                    "score": positional.mean(),
-                    "positional_scores": positional,
-                    "alignment": None,
-                }
-            )
-        return out
+        special = (tokens.eq(self.eos) | tokens.eq(self.pad)) & output_mask
+        if stop_at_eos:
+            keep = output_mask & special.long().cumsum(1).eq(0)
+        else:
+            keep = output_mask & ~special
+        lengths = keep.sum(1)  # (N,)
+        n = tokens.size(0)
+        width = int(lengths.max()) + 1 if n else 1
+        rows = torch.arange(n, device=tokens.device)
+        first_special = special.long().argmax(1)  # (N,) 0 when there is none (masked out below)
+        eos_score = torch.where(special.any(1), scores[rows, first_special], scores.new_zeros(()))
+        out_tokens = tokens.new_full((n, width), self.pad)
+        out_scores = scores.new_zeros((n, width))
+        columns = keep.long().cumsum(1) - 1
+        out_tokens[rows.unsqueeze(1).expand_as(keep)[keep], columns[keep]] = tokens[keep]
+        out_scores[rows.unsqueeze(1).expand_as(keep)[keep], columns[keep]] = scores[keep]
+        out_tokens[rows, lengths] = self.eos
+        out_scores[rows, lengths] = eos_score
+        mean = out_scores.sum(1) / (lengths + 1)
+        return [
+            {
+                "tokens": out_tokens[i, : length + 1],
+                "score": mean[i],
+                "positional_scores": out_scores[i, : length + 1],
+                "alignment": None,
+            }
+            for i, length in enumerate(lengths.tolist())
+        ]
 
     def _select(self, candidates: List[Dict], owner: torch.Tensor, bsz: int) -> List[List[Dict]]:
         groups: List[List[Dict]] = [[] for _ in range(bsz)]

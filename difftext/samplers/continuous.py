@@ -33,14 +33,18 @@ def respaced_steps(num_steps: int, decoding_steps: int) -> list:
     return [int(round(float(x))) for x in grid]
 
 
-def nearest_embedding(z: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
+def nearest_embedding(z: torch.Tensor, embeddings: torch.Tensor, neg_sq_norms: Optional[torch.Tensor] = None
+                      ) -> torch.Tensor:
     """Indices of the nearest rows of ``embeddings`` (V, D) to each vector of z (..., D), in one matmul.
 
-    argmin_v ||z - e_v||^2 = argmax_v (2 z.e_v - ||e_v||^2); computed in float32 for half inputs.
+    argmin_v ||z - e_v||^2 = argmax_v (2 z.e_v - ||e_v||^2), as one fused ``addmm``; float32 for half inputs.
+    neg_sq_norms: -||e_v||^2 (V,) in float32, when the caller clamps many times against the same table.
     """
-    zf, ef = z.float(), embeddings.float()
-    scores = 2.0 * zf @ ef.t() - (ef * ef).sum(-1)  # (..., V)
-    return scores.argmax(-1)
+    ef = embeddings.float()
+    if neg_sq_norms is None:
+        neg_sq_norms = -(ef * ef).sum(-1)
+    scores = torch.addmm(neg_sq_norms, z.float().reshape(-1, z.size(-1)), ef.t(), alpha=2.0)  # (N, V)
+    return scores.argmax(-1).view(z.shape[:-1])
 
 
 def sample(
@@ -74,11 +78,13 @@ def sample(
     z_t = reset_clean(z_T, z0_fixed, keep_mask)
     z0_hat = None
     batch = z_T.shape[0]
+    if clamp_embeddings is not None:  # the table's squared norms once, not at every step
+        neg_sq_norms = -clamp_embeddings.float().pow(2).sum(-1)
     for k, step in enumerate(steps):
         t = torch.full((batch,), step, dtype=torch.long, device=z_T.device)
         z0_hat = unclamped = denoise_fn(z_t, t, z0_hat if self_condition else None)
         if clamp_embeddings is not None:
-            z0_hat = clamp_embeddings[nearest_embedding(z0_hat, clamp_embeddings)].to(z0_hat.dtype)
+            z0_hat = clamp_embeddings[nearest_embedding(z0_hat, clamp_embeddings, neg_sq_norms)].to(z0_hat.dtype)
         z0_hat = reset_clean(z0_hat, z0_fixed, keep_mask)
         if k + 1 < len(steps):
             s = torch.full_like(t, steps[k + 1])
