@@ -10,7 +10,7 @@ suite can be filled one model at a time.
 import math
 import shutil
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -177,6 +177,32 @@ def lm_eval(spec: Spec, s: Settings, stats: Dict) -> Dict:
     proc = run_logged(cmd, s.work / "logs" / f"{spec.name}.lm.log", threads=s.threads, quiet=s.quiet)
     return dict(read_json(out_file), worker_command=relative(cmd), process=proc,
                 averaged=curve[-1]["averaged"] if curve else ["checkpoint_last.pt"])
+
+
+def run_cost(specs: List[Spec], s: Settings, command: str, force: bool = False) -> Path:
+    """Only the training-cost windows of ``specs``, one model after the other: RESULTS_DIR/cost.json.
+
+    The budget runs measure each model's window while it trains; this pass measures them again in one
+    sitting (run it with ``--jobs 1`` on a quiet machine), so the ratios to the AR model share conditions.
+    Entries are cached by configuration like the models' results.
+    """
+    path = s.results / "cost.json"
+    out = read_json(path) or {"models": {}}
+    for spec in specs:
+        cost_spec = replace(spec, cost_only=True)
+        key = s.key(cost_spec)
+        entry = out["models"].get(spec.name)
+        if entry and same_key(entry.get("key"), key) and not force:
+            print(f"bench: {spec.name}: cost window cached ({path})", flush=True)
+            continue
+        print(f"bench: {spec.name}: cost window", flush=True)
+        stats = train(cost_spec, s, key, force, tag="_cost")
+        out["models"][spec.name] = {"label": spec.label, "family": spec.family, "key": key, "date": now(),
+                                    "self_conditioning": spec.self_conditioning, "machine": machine(s.threads),
+                                    "smoke": s.smoke, "train": stats}
+        out.update(command=command, date=now())
+        write_json(path, out)
+    return path
 
 
 def run_model(spec: Spec, s: Settings, force: bool = False) -> Dict:

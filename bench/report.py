@@ -39,8 +39,8 @@ def ratio(a, b) -> Optional[float]:
 
 
 class Report:
-    def __init__(self, results: Dict[str, Dict], gpu: Optional[Dict], command: str):
-        self.r, self.gpu, self.command = results, gpu, command
+    def __init__(self, results: Dict[str, Dict], gpu: Optional[Dict], command: str, cost: Optional[Dict] = None):
+        self.r, self.gpu, self.command, self.cost_run = results, gpu, command, cost
         self.mt = {n: r for n, r in results.items() if not r["family"].startswith("lm_")}
         self.decoded = {n: r for n, r in self.mt.items() if r.get("decode")}
         self.targets: List[Dict] = []  # {item, target, measured, met, limits}
@@ -51,9 +51,10 @@ class Report:
 
     # --- 1. training cost -------------------------------------------------------------------------------------
     def cost(self) -> List[str]:
-        ar = (self.r.get("ar") or {}).get("train", {}).get("ms_per_target_token")
+        source = self.cost_run if self.cost_run and "ar" in self.cost_run else self.mt
+        ar = (source.get("ar") or {}).get("train", {}).get("ms_per_target_token")
         rows, bars = [], []
-        for name, r in self.mt.items():
+        for name, r in source.items():
             t = r["train"]
             w, c = t["window"], t.get("ms_per_target_token")
             kind = "continuous_sc" if r.get("self_conditioning") else r["family"]
@@ -73,7 +74,11 @@ class Report:
                  "Wall time of `Trainer.train_step` (forward, backward, optimizer step) per target token over the same "
                  "updates of every model (the cost window: same data, `--seed`, `--max-tokens`, so the same batches); "
                  "ratio to the AR transformer of this run. Profile: torch.profiler over the updates after the window "
-                 "(operator tables in the work directory, `stats/<model>.train.profile.txt`).", ""]
+                 "(operator tables in the work directory, `stats/<model>.train.profile.txt`). "
+                 + ("Measured in a dedicated pass (`python bench/run.py --cost-only --jobs 1`), one model after "
+                    f"the other, {min(c['date'] for c in source.values())} to "
+                    f"{max(c['date'] for c in source.values())}; the commands are in `results/cost.json`."
+                    if source is not self.mt else "Measured inside each model's budget run."), ""]
         lines += table(["model", "parameters", "updates timed", "target tokens", "ms / target token", "x AR",
                         "target", "largest ops (self CPU)"], rows)
         return lines, bars
@@ -307,9 +312,10 @@ class Report:
         return lines
 
 
-def write(results: Dict[str, Dict], gpu: Optional[Dict], command: str, out_md: Path, fig_dir: Path) -> List[Path]:
-    """RESULTS.md and the figures; -> the files written."""
-    rep = Report(results, gpu, command)
+def write(results: Dict[str, Dict], gpu: Optional[Dict], command: str, out_md: Path, fig_dir: Path,
+          cost: Optional[Dict] = None) -> List[Path]:
+    """RESULTS.md and the figures; -> the files written. ``cost``: the entries of a ``--cost-only`` pass."""
+    rep = Report(results, gpu, command, cost)
     cost_lines, bars = rep.cost()
     body = cost_lines + [""] + rep.quality() + [""] + rep.speed() + rep.efficiency() + [""]
     lm_lines, curves, ar_ppl = rep.lm()

@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench import data, report  # noqa: E402
 from bench.common import BENCH, ROOT, BenchError, read_json  # noqa: E402
 from bench.models import DEFAULT_MODELS, FULL_GRID, SMOKE_GRID, SMOKE_MODELS, specs  # noqa: E402
-from bench.pipeline import Settings, run_model  # noqa: E402
+from bench.pipeline import Settings, run_cost, run_model  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "or OUT/work in smoke mode)")
     p.add_argument("--force", action="store_true", help="rerun models even when a cached result matches")
     p.add_argument("--report-only", action="store_true", help="only rewrite RESULTS.md and the plots")
+    p.add_argument("--cost-only", action="store_true", help="only the training-cost windows of the translation "
+                   "models, one after the other, into results/cost.json (section 1 then reads them); use on a quiet "
+                   "machine")
     p.add_argument("--multi30k", type=Path, default=data.default_raw("multi30k"), help="raw Multi30k folder")
     p.add_argument("--brown", type=Path, default=data.default_raw("brown"), help="raw Brown folder (brown.*.txt)")
     p.add_argument("--max-tokens", type=int, default=1024, help="tokens per batch, every model (default 1024)")
@@ -122,15 +125,28 @@ def main(argv=None):
     chosen = select(args, list(all_specs))
     start = time.time()
     try:
-        if not args.report_only:
+        if args.cost_only:
+            run_costs(args, chosen, all_specs, results, work, command)
+        elif not args.report_only:
             run(args, chosen, all_specs, results, work)
     except BenchError as err:
         sys.exit(f"bench: error: {err}")
     found = {n: r for n in all_specs if (r := read_json(results / f"{n}.json")) and r.get("smoke") == args.smoke}
     if not found:
         sys.exit(f"bench: error: no results in {results}; run the suite first")
-    written = report.write(found, read_json(results / "gpu.json"), command, md, results)
+    cost = read_json(results / "cost.json")
+    cost = {n: c for n, c in (cost or {}).get("models", {}).items() if c.get("smoke") == args.smoke} or None
+    written = report.write(found, read_json(results / "gpu.json"), command, md, results, cost=cost)
     print(f"bench: done in {(time.time() - start) / 60:.1f} min; " + ", ".join(str(p) for p in written), flush=True)
+
+
+def run_costs(args, chosen, all_specs, results: Path, work: Path, command: str) -> None:
+    models = [all_specs[m] for m in chosen if m != "gpu" and not all_specs[m].lm]
+    if not any(m.name == "ar" for m in models):
+        raise BenchError("--cost-only needs the AR model among --models: every ratio is to it")
+    mt = data.multi30k(args.multi30k.resolve(), work, args.smoke)
+    s = settings_from(args, results, work, mt, work / "data" / "brown")
+    run_cost(models, s, command, args.force)
 
 
 def run(args, chosen, all_specs, results: Path, work: Path) -> None:

@@ -73,6 +73,16 @@ def draw_tokens(
     return tokens, log_probs.gather(-1, tokens[:, None]).squeeze(-1)
 
 
+def _masked_rows_log_probs(
+    logits: Tensor, z_t: Tensor, is_masked: Tensor, mask_id: int, forbidden_ids: Sequence[int]
+) -> Tensor:
+    """SUBS log-probs (M, V) of the M masked positions only: a sampler draws nowhere else, and the
+    carry-over rows of the unmasked positions would cost several (B, L, V) passes per step."""
+    rows = logits[is_masked]  # (M, V)
+    return subs_log_probs(rows[None], z_t[is_masked][None], mask_id=mask_id, forbidden_ids=forbidden_ids,
+                          carry_over=False)[0]
+
+
 def _unmask_probability(schedule, t: Tensor, s: Tensor, x0_hat: Tensor, maskable: Tensor) -> Tensor:
     """(alpha_s - alpha_t) / (1 - alpha_t): (B, 1) for scalar schedules, (B, L) for per-token ones."""
     if bool((s <= 0).all()):
@@ -99,9 +109,9 @@ def _ddpm_update(
 ) -> Tuple[Tensor, Tensor]:
     """z_s (B, L) and the log-prob (B, L) of the token drawn at each masked position (0 elsewhere)."""
     is_masked = z_t == mask_id  # (B, L)
-    log_probs = subs_log_probs(logits, z_t, mask_id=mask_id, forbidden_ids=forbidden_ids)  # (B, L, V)
+    log_probs = _masked_rows_log_probs(logits, z_t, is_masked, mask_id, forbidden_ids)  # (M, V)
     x0_hat, drawn_lp = z_t.clone(), torch.zeros(z_t.shape, device=z_t.device)
-    x0_hat[is_masked], lp = draw_tokens(log_probs[is_masked], generator=generator, **token_kwargs)
+    x0_hat[is_masked], lp = draw_tokens(log_probs, generator=generator, **token_kwargs)
     drawn_lp[is_masked] = lp.float()
     p_unmask = _unmask_probability(schedule, t, s, x0_hat, maskable)
     u = torch.rand(z_t.shape, device=z_t.device, generator=generator)  # (B, L)
@@ -221,9 +231,9 @@ def confidence_sample(
     for i in range(num_steps):
         logits = _call(denoise_fn, z_t, (num_steps - i) / num_steps)
         is_masked = z_t == mask_id
-        log_probs = subs_log_probs(logits, z_t, mask_id=mask_id, forbidden_ids=forbidden_ids)  # (B, L, V)
+        log_probs = _masked_rows_log_probs(logits, z_t, is_masked, mask_id, forbidden_ids)  # (M, V)
         drawn, confidence = draw_tokens(
-            log_probs[is_masked], temperature=temperature, top_k=top_k, top_p=top_p, generator=generator
+            log_probs, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator
         )
         tokens[is_masked], scores[is_masked] = drawn, confidence.float()
         count = num_gen * (num_steps - 1 - i) // num_steps  # (B,) linearly down to 0

@@ -85,6 +85,16 @@ def test_smoke_suite_end_to_end(tmp_path):
     assert all(number(v["sentences_per_s"]) for k, v in fp32["decode"].items() if k != "worker")
     assert "## 7. GPU" in (out / "RESULTS.md").read_text() and gpu["device"] in (out / "RESULTS.md").read_text()
 
+    # the dedicated cost pass: section 1 then reads results/cost.json
+    run_bench("--smoke", "--out", out, "--cost-only", "--models", "ar,difformer", "--jobs", "1")
+    cost = json.loads((out / "results" / "cost.json").read_text())["models"]
+    assert set(cost) == {"ar", "difformer"}
+    for entry in cost.values():
+        check_train(entry["train"])
+        assert entry["train"]["window"]["updates"] == entry["train"]["window"]["requested"]
+    md = (out / "RESULTS.md").read_text()
+    assert "Measured in a dedicated pass" in md and "| 1 training cost | Difformer: <= 1.20x AR" in md
+
 
 def test_grid_of_the_full_suite():
     small = specs("small")
@@ -117,3 +127,9 @@ def test_mfu_estimate():
     assert peak_flops("NVIDIA H100 PCIe", "fp32") == 51e12
     assert peak_flops("cpu", "fp32") is None and mfu(10, 10.0, "cpu", "fp32") is None
     assert mfu(50_000_000, 100_000.0, "NVIDIA H200", "fp16") == pytest.approx(6 * 5e7 * 1e5 / 989e12)
+
+
+def test_cost_only_needs_the_ar_model(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "run.py"), "--smoke", "--out", str(tmp_path),
+                           "--cost-only", "--models", "difformer"], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode != 0 and "--cost-only needs the AR model" in proc.stderr
