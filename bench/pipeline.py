@@ -53,6 +53,14 @@ class Settings:
         return {"budget_minutes": self.budget_of(spec), "commit": git_commit(),
                 "config": config_hash([asdict(spec), relevant])}
 
+    def train_key(self, spec: Spec) -> Dict:
+        """The key of the training alone: a change of the decoding grid or of the LM evaluation reuses it."""
+        decoding = ("grid", "grid_shards", "b1_sentences", "elbo_samples", "elbo_seeds", "lm_sampling")
+        relevant = {k: v for k, v in asdict(self).items() if k not in ("results", "work", "mt_data", "lm_data",
+                                                                      "quiet", "budget", "lm_budget", *decoding)}
+        return {"budget_minutes": self.budget_of(spec), "commit": git_commit(),
+                "config": config_hash([asdict(spec), relevant])}
+
     def budget_of(self, spec: Spec) -> Optional[float]:
         if self.smoke or spec.cost_only:
             return None
@@ -196,7 +204,7 @@ def run_cost(specs: List[Spec], s: Settings, command: str, force: bool = False) 
             print(f"bench: {spec.name}: cost window cached ({path})", flush=True)
             continue
         print(f"bench: {spec.name}: cost window", flush=True)
-        stats = train(cost_spec, s, key, force, tag="_cost")
+        stats = train(cost_spec, s, s.train_key(cost_spec), force, tag="_cost")
         out["models"][spec.name] = {"label": spec.label, "family": spec.family, "key": key, "date": now(),
                                     "self_conditioning": spec.self_conditioning, "machine": machine(s.threads),
                                     "smoke": s.smoke, "train": stats}
@@ -218,7 +226,7 @@ def run_model(spec: Spec, s: Settings, force: bool = False) -> Dict:
     result = {"model": spec.name, "label": spec.label, "family": spec.family, "key": key, "date": now(),
               "machine": machine(s.threads), "smoke": s.smoke, "arch": " ".join(spec.arch),
               "self_conditioning": spec.self_conditioning}
-    result["train"] = train(spec, s, key, force)
+    result["train"] = train(spec, s, s.train_key(spec), force)
     if not spec.cost_only:
         print(f"bench: {spec.name}: {'evaluating' if spec.lm else 'decoding'}", flush=True)
         result["lm" if spec.lm else "decode"] = (lm_eval if spec.lm else decode)(spec, s, result["train"])

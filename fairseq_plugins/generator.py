@@ -157,7 +157,7 @@ class DiffusionGenerator:
         diffusion = model.decoding_diffusion(cfg.decoding_noise_factor)
         table = model.latent_table()
         z_T = diffusion.prior_sample(problem.shape, device=device, dtype=table.dtype)
-        z0_hat, unclamped = sample(
+        z0_hat, unclamped, *clamped = sample(
             problem.denoise_fn,
             diffusion,
             z_T,
@@ -169,25 +169,25 @@ class DiffusionGenerator:
             z0_fixed=problem.z0_fixed,
             early_stop=cfg.decoding_early_stop,
             return_unclamped=True,
+            return_indices=cfg.clamping,
         )
         # Rounding at the output positions only (DiffuSeq: not the source; Difformer: not past each length).
-        # Tokens from the returned (clamped) z0_hat; scores from the denoiser's own prediction, as a clamped
-        # z0_hat would score every token ~0. One log-softmax over the vocabulary: argmax needs only logits.
+        # Clamped: the tokens are the embedding rows the last step clamped to (no second vocabulary product).
+        # Scores from the denoiser's own prediction, as a clamped z0_hat would score every token ~0.
         out = problem.output_mask
         log_probs = self._rounding_log_probs(unclamped[out])  # (M, V)
-        picked = log_probs.argmax(-1) if not cfg.clamping else self._rounding_logits(z0_hat[out]).argmax(-1)
+        picked = log_probs.argmax(-1)
+        if clamped:  # the rows the last step chose, except bos (banned from the output, as in the rounding)
+            picked = torch.where(clamped[0][out].eq(self.bos), picked, clamped[0][out])
         tokens = out.new_full(out.shape, self.pad, dtype=torch.long).masked_scatter_(out, picked)
         scores = unclamped.new_zeros(out.shape, dtype=torch.float).masked_scatter_(
             out, log_probs.gather(-1, picked.unsqueeze(-1)).squeeze(-1))
         return tokens, scores
 
-    def _rounding_logits(self, z0: torch.Tensor) -> torch.Tensor:
+    def _rounding_log_probs(self, z0: torch.Tensor) -> torch.Tensor:
         logits = self.model.output_logits(z0).float()
         logits[..., self.bos] = float("-inf")
-        return logits
-
-    def _rounding_log_probs(self, z0: torch.Tensor) -> torch.Tensor:
-        return torch.log_softmax(self._rounding_logits(z0), dim=-1)  # (N, L, V)
+        return torch.log_softmax(logits, dim=-1)  # (..., V)
 
     def _sample_masked(self, problem):
         """A masked-diffusion sampler over all candidates: tokens (N, L) and each token's log-prob when drawn."""
