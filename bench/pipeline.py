@@ -213,6 +213,39 @@ def run_cost(specs: List[Spec], s: Settings, command: str, force: bool = False) 
     return path
 
 
+def run_full_test(spec: Spec, s: Settings, force: bool = False) -> Optional[Dict]:
+    """sacreBLEU of the final checkpoint with the default setting on the whole test set, into the model's result.
+
+    The grid of a model may decode only every k-th batch (``--grid-shards``), and fairseq's batches are
+    ordered by length, so a shard is not a random sample; section 2 reads this figure when it is there.
+    """
+    path = s.results / f"{spec.name}.json"
+    result = read_json(path)
+    if not result or not result.get("decode"):
+        print(f"bench: {spec.name}: no decoded result to complete; run the suite first", flush=True)
+        return None
+    if result["decode"].get("full_test") and not force:
+        print(f"bench: {spec.name}: full test set cached", flush=True)
+        return result["decode"]["full_test"]
+    stats = read_json(s.work / "stats" / f"{spec.name}.train.json")
+    plan = decode_plan(spec, s, stats)
+    n_test = len(reference_lines(s.mt_data / "raw" / "test.en"))
+    default = next(j for j in plan["jobs"] if j["name"] == f"{plan['default']}_b128")
+    plan["jobs"] = [dict(default, name="full_test", shards=1)]
+    plan_file = s.work / "stats" / f"{spec.name}.full-test-plan.json"
+    out_file = s.work / "stats" / f"{spec.name}.full-test.json"
+    write_json(plan_file, plan)
+    cmd = [sys.executable, BENCH / "decode_worker.py", "--plan", plan_file, "--out", out_file]
+    print(f"bench: {spec.name}: decoding the {n_test} test sentences ({plan['default']})", flush=True)
+    run_logged(cmd, s.work / "logs" / f"{spec.name}.full-test.log", threads=s.threads, quiet=s.quiet)
+    job = read_json(out_file)["jobs"][0]
+    result["decode"]["full_test"] = {k: job[k] for k in ("sacrebleu", "sentences", "signature", "command",
+                                                          "empty_hypotheses")}
+    result["decode"]["full_test"].update(config=plan["default"], date=now(), commit=git_commit())
+    write_json(path, result)
+    return result["decode"]["full_test"]
+
+
 def run_model(spec: Spec, s: Settings, force: bool = False) -> Dict:
     """The cached result of ``spec``, or a fresh one (written to RESULTS_DIR/<model>.json)."""
     path = s.results / f"{spec.name}.json"

@@ -34,6 +34,15 @@ def default_entry(r: Optional[Dict]) -> Optional[Dict]:
     return grid_entry(r, ((r or {}).get("decode") or {}).get("default", ""))
 
 
+def quality_entry(r: Optional[Dict]) -> Optional[Dict]:
+    """The default setting's BLEU for section 2: on the whole test set when ``--full-test`` measured it."""
+    full = ((r or {}).get("decode") or {}).get("full_test")
+    g = default_entry(r)
+    if full and g:
+        return dict(g, sacrebleu=full["sacrebleu"], sentences_b128=full["sentences"], full_test=True)
+    return g
+
+
 def ratio(a, b) -> Optional[float]:
     return a / b if a is not None and b else None
 
@@ -85,16 +94,17 @@ class Report:
 
     # --- 2. quality ---------------------------------------------------------------------------------------------
     def quality(self) -> List[str]:
-        ar_bleu = self.ar["sacrebleu"] if self.ar else None
+        ar_q = quality_entry(self.r.get("ar"))
+        ar_bleu = ar_q["sacrebleu"] if ar_q else None
         rows, fractions = [], sorted({p["fraction"] for r in self.decoded.values() for p in r["decode"]["curve"]})
         best = {"continuous": None, "discrete": None}
         for name, r in self.decoded.items():
-            d, g = r["decode"], default_entry(r)
+            d, g = r["decode"], quality_entry(r)
             top = max(d["grid"], key=lambda x: x["sacrebleu"])
             curve = {p["fraction"]: p for p in d["curve"]}
             final = curve.get(max(curve)) if curve else {}
             rows.append([r["label"], final.get("updates"), fmt(final.get("train_minutes"), 1), d["default"],
-                         g["sacrebleu"], fmt(ratio(g["sacrebleu"], ar_bleu), 1, pct=True),
+                         g["sentences_b128"], g["sacrebleu"], fmt(ratio(g["sacrebleu"], ar_bleu), 1, pct=True),
                          f"{top['sacrebleu']:.2f} ({top['name']})"]
                         + [fmt(curve[f]["sacrebleu"]) if f in curve else "–" for f in fractions])
             fam = r["family"]
@@ -111,11 +121,15 @@ class Report:
                         f"({g['sacrebleu']:.2f} vs {fmt(ar_bleu)})", None if q is None else q >= 0.85,
                         f"{curve[-1]['updates'] if curve else '?'} updates in the budget; BLEU still changed by "
                         f"{fmt(gain)} over the last curve interval" if gain is not None else "")
-        head = ["model", "updates", "train min", "default decoding", "sacreBLEU", "% of AR", "best in grid"]
+        head = ["model", "updates", "train min", "default decoding", "test sentences", "sacreBLEU", "% of AR",
+                "best in grid"]
         lines = ["## 2. Quality at an equal training budget", "",
                  "sacreBLEU (13a) on Multi30k test2016 of the average of the last interval checkpoints, with each "
-                 "model's default decoding (AR: beam 5). Learning curve: the same recipe at fractions of the budget "
-                 "(columns). Figure: [learning_curves.png](results/learning_curves.png).", ""]
+                 "model's default decoding (AR: beam 5), on the whole test set where `--full-test` decoded it, "
+                 "otherwise on the sentences of the grid. The grid's best and the learning curve (the same recipe at "
+                 "fractions of the budget, columns) are on the grid's sentences (`--grid-shards`: every k-th batch "
+                 "of fairseq's length-ordered batches, so shard 0 holds the shortest sentences). Figure: "
+                 "[learning_curves.png](results/learning_curves.png).", ""]
         return lines + table(head + [f"BLEU at {f:g} budget" for f in fractions], rows)
 
     # --- 3. speed vs quality ------------------------------------------------------------------------------------
@@ -330,6 +344,8 @@ def write(results: Dict[str, Dict], gpu: Optional[Dict], command: str, out_md: P
     if curves:
         figures.append(plots.lm_bound(curves, ar_ppl, fig_dir / "lm_bound.png"))
     links = ", ".join(f"[{p.name}]({p.relative_to(out_md.parent)})" for p in figures)
-    text = rep.header() + rep.summary() + [f"Figures: {links or 'none'}.", ""] + body + rep.commands()
+    notes = fig_dir / "notes.md"  # hand-written context of a run (conditions, budget, what limits it), kept as is
+    extra = [notes.read_text(encoding="utf-8").rstrip(), ""] if notes.is_file() else []
+    text = rep.header() + extra + rep.summary() + [f"Figures: {links or 'none'}.", ""] + body + rep.commands()
     out_md.write_text("\n".join(text).rstrip() + "\n", encoding="utf-8")
     return [out_md, *figures]

@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench import data, report  # noqa: E402
 from bench.common import BENCH, ROOT, BenchError, read_json  # noqa: E402
 from bench.models import DEFAULT_MODELS, FULL_GRID, SMOKE_GRID, SMOKE_MODELS, specs  # noqa: E402
-from bench.pipeline import Settings, run_cost, run_model  # noqa: E402
+from bench.pipeline import Settings, run_cost, run_full_test, run_model  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "or OUT/work in smoke mode)")
     p.add_argument("--force", action="store_true", help="rerun models even when a cached result matches")
     p.add_argument("--report-only", action="store_true", help="only rewrite RESULTS.md and the plots")
+    p.add_argument("--full-test", action="store_true", help="decode the whole test set with each decoded model's "
+                   "default setting (final checkpoint) for section 2, when the grid used --grid-shards")
     p.add_argument("--cost-only", action="store_true", help="only the training-cost windows of the translation "
                    "models, one after the other, into results/cost.json (section 1 then reads them); use on a quiet "
                    "machine")
@@ -127,6 +129,12 @@ def main(argv=None):
     try:
         if args.cost_only:
             run_costs(args, chosen, all_specs, results, work, command)
+        elif args.full_test:
+            s = settings_from(args, results, work, data.multi30k(args.multi30k.resolve(), work, args.smoke),
+                              work / "data" / "brown")
+            for m in chosen:
+                if m != "gpu" and not all_specs[m].lm and not all_specs[m].cost_only:
+                    run_full_test(all_specs[m], s, args.force)
         elif not args.report_only:
             run(args, chosen, all_specs, results, work)
     except BenchError as err:
