@@ -95,6 +95,14 @@ def test_smoke_suite_end_to_end(tmp_path):
     md = (out / "RESULTS.md").read_text()
     assert "Measured in a dedicated pass" in md and "| 1 training cost | Difformer: <= 1.20x AR" in md
 
+    # the whole test set with the default setting, into the model's result (section 2 reads it)
+    run_bench("--smoke", "--out", out, "--full-test", "--models", "ar,difformer")
+    for name in ("ar", "difformer"):
+        r = json.loads((out / "results" / f"{name}.json").read_text())
+        full = r["decode"]["full_test"]
+        assert number(full["sacrebleu"], 0, 100) and full["config"] == r["decode"]["default"]
+        assert full["sentences"] >= r["decode"]["grid"][0]["sentences_b128"] and "--distributed" not in full["command"]
+
 
 def test_grid_of_the_full_suite():
     small = specs("small")
