@@ -91,7 +91,8 @@ def sample_diffusion(plan):
 
 
 def sample_ar(plan):
-    """Unconditional ancestral sampling (full softmax, temperature 1) of ``length`` tokens from eos."""
+    """Unconditional ancestral sampling (full softmax, temperature 1) of ``length`` tokens: the eos that
+    starts every sequence, then ``length - 1`` drawn tokens (fairseq keeps one position for the final eos)."""
     import torch
     from fairseq import checkpoint_utils
     from fairseq.dataclass.configs import GenerationConfig
@@ -103,8 +104,8 @@ def sample_ar(plan):
     models, _cfg, task = checkpoint_utils.load_model_ensemble_and_task([plan["checkpoint"]],
                                                                       arg_overrides={"data": plan["data"]})
     models = [m.to(device).eval() for m in models]
-    gen = GenerationConfig(sampling=True, beam=1, sampling_topk=-1, max_len_a=0, max_len_b=cfg["length"],
-                           min_len=cfg["length"])
+    drawn = cfg["length"] - 1
+    gen = GenerationConfig(sampling=True, beam=1, sampling_topk=-1, max_len_a=0, max_len_b=drawn, min_len=drawn)
     generator = task.build_generator(models, gen)
     eos = task.source_dictionary.eos()
 
@@ -125,7 +126,7 @@ def sample_ar(plan):
     seconds = time.perf_counter() - start
     cfg = {k: v for k, v in cfg.items() if k != "steps"}  # one network call per token
     return {"samples_per_s": n / seconds, "seconds": seconds, **cfg, "command": "fairseq SequenceGenerator "
-            f"(--sampling --beam 1 --sampling-topk -1 --min-len {cfg['length']} --max-len-b {cfg['length']})"}
+            f"(--sampling --beam 1 --sampling-topk -1 --min-len {drawn} --max-len-b {drawn}, after an eos)"}
 
 
 def _sync(torch):

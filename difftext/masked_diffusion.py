@@ -34,7 +34,7 @@ from difftext.schedules.masking import (
 )
 from difftext.time_samplers import antithetic_continuous, uniform_continuous, uniform_discrete
 
-DenoiseFn = Callable[[Tensor, Tensor], Tensor]  # (z_t (B, L), t (B,) in [0, 1]) -> logits (B, L, V)
+DenoiseFn = Callable[[Tensor, Tensor], Tensor]  # (z_t (B, L), t (B,) in [0, 1]) -> logits (B, L, V) or (M, V)
 
 OBJECTIVES = ("mdlm", "md4", "d3pm", "genmd4")
 SCHEDULES = ("loglinear", "linear", "cosine", "polynomial", "mutual", "spindle", "genmd4")

@@ -1,7 +1,8 @@
 """Training objectives of masked (absorbing-state) diffusion, as pure functions of tensors.
 
-Every function takes the raw network logits (B, L, V), the data x0 (B, L) and its noised z_t (B, L),
-applies SUBS (:func:`difftext.processes.masked.subs_log_probs`) and returns a :class:`MaskedLoss`.
+Every function takes the raw network logits, the data x0 (B, L) and its noised z_t (B, L), applies
+SUBS and returns a :class:`MaskedLoss`. The logits are (B, L, V), or (M, V) at the M masked positions
+only (:func:`difftext.processes.masked.masked_rows`): no term reads the others.
 Only masked positions contribute; ``num_tokens`` counts the maskable positions, so
 ``nelbo.sum() / num_tokens.sum()`` is a bound in nats per token.
 
@@ -25,7 +26,14 @@ from typing import Callable, Optional, Tuple
 import torch
 from torch import Tensor
 
-from difftext.processes.masked import per_token, q_log_prob, q_sample, subs_log_probs
+from difftext.processes.masked import (
+    masked_rows,
+    per_token,
+    q_log_prob,
+    q_sample,
+    scatter_masked,
+    subs_masked_log_probs,
+)
 from difftext.schedules.masking import GenMD4Schedule, MaskingSchedule, leave_one_out_surrogate
 
 
@@ -55,17 +63,18 @@ def _check_time(t: Tensor) -> None:
 def _masked_nll(
     logits: Tensor, x0: Tensor, z_t: Tensor, mask_id: int, maskable: Optional[Tensor]
 ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-    """SUBS log-probs of masked rows (B, L, V), -log p(x0) at masked positions (B, L), masked, maskable.
+    """SUBS log-probs of the masked rows (M, V), -log p(x0) at masked positions (B, L), masked, maskable.
 
-    Carry-over positions contribute exactly 0 and are left out, so log-probs are not carried over.
+    Carry-over positions contribute exactly 0, so only the rows where z_t is [M] are normalised.
     """
     if x0.shape != z_t.shape:
         raise ValueError(f"x0 {tuple(x0.shape)} and z_t {tuple(z_t.shape)} must have the same (B, L) shape")
     if maskable is None:
         maskable = torch.ones_like(x0, dtype=torch.bool)
-    log_probs = subs_log_probs(logits, z_t, mask_id=mask_id, carry_over=False)  # (B, L, V)
+    log_probs = subs_masked_log_probs(masked_rows(logits, z_t, mask_id), mask_id=mask_id)  # (M, V)
+    target = x0[z_t == mask_id]  # (M,)
+    nll = scatter_masked(-log_probs.gather(-1, target[:, None]).squeeze(-1), z_t, mask_id)  # (B, L)
     is_masked = (z_t == mask_id) & maskable  # (B, L)
-    nll = -log_probs.gather(-1, x0[..., None]).squeeze(-1)  # (B, L)
     nll = torch.where(is_masked, nll, torch.zeros_like(nll))
     return log_probs, nll, is_masked, maskable
 
@@ -173,9 +182,10 @@ def genmd4_loss(
             f"GenMD4Schedule has {w_table.size(-1)} exponents but the logits have V={logits.size(-1)}; "
             "build it with vocab_size equal to the model's output size"
         )
-    log_mu, nll, is_masked, maskable = _masked_nll(logits, x0, z_t, mask_id, maskable)
+    log_mu, nll, is_masked, maskable = _masked_nll(logits, x0, z_t, mask_id, maskable)  # log_mu (M, V)
     w_x0 = schedule.weight(t, x0)  # (B, L)
-    expected_w = (log_mu.exp() * w_table[:, None, :]).sum(-1)  # (B, L) sum_v w_t(v) mu_v
+    row_seq = (z_t == mask_id).nonzero()[:, 0]  # (M,) the sequence of each masked row
+    expected_w = scatter_masked((log_mu.exp() * w_table[row_seq]).sum(-1), z_t, mask_id)  # (B, L) sum_v w_t(v) mu_v
     per_tok = w_x0 * nll + expected_w - w_x0  # (B, L), >= 0
     nelbo = torch.where(is_masked, per_tok, torch.zeros_like(per_tok)).sum(-1)  # (B,)
     return _terms(nelbo.sum(), nelbo, nll, is_masked, maskable)
@@ -194,7 +204,7 @@ def genmd4_rloo_loss(
 ) -> MaskedLoss:
     """GenMD4 training loss with K = ``num_samples`` mask samples per sequence (one batched call).
 
-    denoise_fn(z_t (K*B, L), t (K*B,)) -> logits (K*B, L, V). ``nelbo`` is the mean over the K
+    denoise_fn(z_t (K*B, L), t (K*B,)) -> logits (K*B, L, V) or (M, V). ``nelbo`` is the mean over the K
     samples (B,); ``loss`` adds the zero-valued leave-one-out REINFORCE surrogate, so its gradient
     w.r.t. the exponents is unbiased for grad E_q[NELBO] including the path through the mask sample.
     """

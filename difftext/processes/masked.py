@@ -7,6 +7,12 @@ sequence (B,) or one keep probability per token (B, L) (spindle, GenMD4). Positi
 
 SUBS (MDLM sec. 3.2): (1) zero masking probability, the logit of [M] is -inf; (2) carry-over
 unmasking, at a position where z_t^l != [M] the model's distribution is the one-hot on z_t^l.
+
+Because of (2), nothing ever reads the network's logits at an unmasked position. A denoiser may
+therefore return its logits at the masked positions only: (M, V), one row per position where
+z_t == [M], in row-major order (``logits[z_t == mask_id]`` of the full (B, L, V) tensor). Every loss
+and sampler accepts both forms (:func:`masked_rows`); the short form skips the output layer and the
+softmax at the unmasked positions, about half of them in training.
 """
 
 from __future__ import annotations
@@ -109,23 +115,53 @@ def subs_log_probs(
     ``carry_over=False`` skips the second half (the losses, whose unmasked terms are exactly 0,
     save two (B, L, V) tensors): every row is then the masked-position distribution.
     """
-    vocab = logits.size(-1)
-    if not 0 <= mask_id < vocab:
-        raise ValueError(
-            f"mask_id={mask_id} is outside the model's vocabulary of size {vocab}; the output layer "
-            "must include the mask symbol"
-        )
-    if logits.shape[:2] != z_t.shape:
+    if logits.dim() != 3 or logits.shape[:2] != z_t.shape:
         raise ValueError(f"logits {tuple(logits.shape)} do not match z_t {tuple(z_t.shape)} as (B, L, V)")
-    banned = torch.tensor([mask_id, *forbidden_ids], device=logits.device)
-    logits = logits.index_fill(-1, banned, float("-inf"))
-    dtype = torch.promote_types(logits.dtype, torch.float32)  # half-precision logits: softmax in fp32
-    log_probs = torch.log_softmax(logits, dim=-1, dtype=dtype)  # (B, L, V)
+    log_probs = subs_masked_log_probs(logits, mask_id=mask_id, forbidden_ids=forbidden_ids)  # (B, L, V)
     if not carry_over:
         return log_probs
     carry = torch.full_like(log_probs, float("-inf")).scatter_(-1, z_t[..., None], 0.0)  # (B, L, V)
     is_masked = (z_t == mask_id)[..., None]  # (B, L, 1)
     return torch.where(is_masked, log_probs, carry)
+
+
+def masked_rows(logits: Tensor, z_t: Tensor, mask_id: int) -> Tensor:
+    """The logits at the masked positions of z_t (B, L): (M, V) rows in row-major order.
+
+    ``logits`` is the full (B, L, V) tensor or already those M rows (see the module docstring).
+    """
+    is_masked = z_t == mask_id
+    if logits.dim() == 3 and logits.shape[:2] == z_t.shape:
+        return logits[is_masked]
+    num_masked = int(is_masked.sum())
+    if logits.dim() == 2 and logits.size(0) == num_masked:
+        return logits
+    raise ValueError(
+        f"logits {tuple(logits.shape)} fit neither z_t {tuple(z_t.shape)} as (B, L, V) nor its {num_masked} "
+        "masked positions as (M, V); a denoiser returns one or the other"
+    )
+
+
+def subs_masked_log_probs(rows: Tensor, *, mask_id: int, forbidden_ids: Sequence[int] = ()) -> Tensor:
+    """SUBS log-distribution over x0 at masked positions from their logits (M, V): (M, V).
+
+    log_softmax with the [M] logit and any ``forbidden_ids`` at -inf, in at least fp32.
+    """
+    vocab = rows.size(-1)
+    if not 0 <= mask_id < vocab:
+        raise ValueError(
+            f"mask_id={mask_id} is outside the model's vocabulary of size {vocab}; the output layer "
+            "must include the mask symbol"
+        )
+    banned = torch.tensor([mask_id, *forbidden_ids], device=rows.device)
+    dtype = torch.promote_types(rows.dtype, torch.float32)  # half-precision logits: softmax in fp32
+    return torch.log_softmax(rows.index_fill(-1, banned, float("-inf")), dim=-1, dtype=dtype)
+
+
+def scatter_masked(values: Tensor, z_t: Tensor, mask_id: int) -> Tensor:
+    """Per-row values (M,) back to (B, L) at the masked positions of z_t, 0 elsewhere (differentiable)."""
+    is_masked = z_t == mask_id
+    return torch.zeros(z_t.shape, dtype=values.dtype, device=values.device).masked_scatter(is_masked, values)
 
 
 def masked_prior(x: Tensor, maskable: Tensor, *, mask_id: int) -> Tensor:

@@ -1,7 +1,8 @@
 """Samplers of masked diffusion models (MDLM, Sahoo et al. 2024; MD4, Shi et al. 2024).
 
-Every sampler drives a ``denoise_fn(z_t (B, L), t (B,)) -> logits (B, L, V)`` closure from a start
-z_1 (B, L): positions to generate hold ``mask_id``; every other position (bos, eos, pad, a prompt)
+Every sampler drives a ``denoise_fn(z_t (B, L), t (B,)) -> logits`` closure from a start z_1 (B, L);
+the logits are (B, L, V), or (M, V) at the masked positions only (the samplers read no others; see
+:func:`difftext.processes.masked.masked_rows`): positions to generate hold ``mask_id``; every other position (bos, eos, pad, a prompt)
 is fixed, because unmasked tokens never change. Build z_1 with
 :func:`difftext.processes.masked.masked_prior`. The output holds no mask token, and no token of
 ``forbidden_ids`` (e.g. pad, bos) at a generated position.
@@ -25,7 +26,7 @@ from typing import Callable, Dict, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from difftext.processes.masked import subs_log_probs
+from difftext.processes.masked import masked_rows, subs_masked_log_probs
 from difftext.schedules.masking import LinearSchedule
 
 DenoiseFn = Callable[[Tensor, Tensor], Tensor]
@@ -73,14 +74,9 @@ def draw_tokens(
     return tokens, log_probs.gather(-1, tokens[:, None]).squeeze(-1)
 
 
-def _masked_rows_log_probs(
-    logits: Tensor, z_t: Tensor, is_masked: Tensor, mask_id: int, forbidden_ids: Sequence[int]
-) -> Tensor:
-    """SUBS log-probs (M, V) of the M masked positions only: a sampler draws nowhere else, and the
-    carry-over rows of the unmasked positions would cost several (B, L, V) passes per step."""
-    rows = logits[is_masked]  # (M, V)
-    return subs_log_probs(rows[None], z_t[is_masked][None], mask_id=mask_id, forbidden_ids=forbidden_ids,
-                          carry_over=False)[0]
+def _masked_rows_log_probs(logits: Tensor, z_t: Tensor, mask_id: int, forbidden_ids: Sequence[int]) -> Tensor:
+    """SUBS log-probs (M, V) of the M masked positions only: a sampler draws nowhere else."""
+    return subs_masked_log_probs(masked_rows(logits, z_t, mask_id), mask_id=mask_id, forbidden_ids=forbidden_ids)
 
 
 def _unmask_probability(schedule, t: Tensor, s: Tensor, x0_hat: Tensor, maskable: Tensor) -> Tensor:
@@ -109,7 +105,7 @@ def _ddpm_update(
 ) -> Tuple[Tensor, Tensor]:
     """z_s (B, L) and the log-prob (B, L) of the token drawn at each masked position (0 elsewhere)."""
     is_masked = z_t == mask_id  # (B, L)
-    log_probs = _masked_rows_log_probs(logits, z_t, is_masked, mask_id, forbidden_ids)  # (M, V)
+    log_probs = _masked_rows_log_probs(logits, z_t, mask_id, forbidden_ids)  # (M, V)
     x0_hat, drawn_lp = z_t.clone(), torch.zeros(z_t.shape, device=z_t.device)
     x0_hat[is_masked], lp = draw_tokens(log_probs, generator=generator, **token_kwargs)
     drawn_lp[is_masked] = lp.float()
@@ -135,12 +131,7 @@ def _check_start(z_1: Tensor, num_steps: int) -> None:
 
 
 def _call(denoise_fn: DenoiseFn, z_t: Tensor, t: float) -> Tensor:
-    logits = denoise_fn(z_t, torch.full((z_t.size(0),), t, device=z_t.device))
-    if logits.dim() != 3 or logits.shape[:2] != z_t.shape:
-        raise ValueError(
-            f"denoise_fn must return logits (B, L, V) for z_t {tuple(z_t.shape)}; got {tuple(logits.shape)}"
-        )
-    return logits
+    return denoise_fn(z_t, torch.full((z_t.size(0),), t, device=z_t.device))  # checked by masked_rows
 
 
 def _ancestral(
@@ -231,7 +222,7 @@ def confidence_sample(
     for i in range(num_steps):
         logits = _call(denoise_fn, z_t, (num_steps - i) / num_steps)
         is_masked = z_t == mask_id
-        log_probs = _masked_rows_log_probs(logits, z_t, is_masked, mask_id, forbidden_ids)  # (M, V)
+        log_probs = _masked_rows_log_probs(logits, z_t, mask_id, forbidden_ids)  # (M, V)
         drawn, confidence = draw_tokens(
             log_probs, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator
         )

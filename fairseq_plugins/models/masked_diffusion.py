@@ -89,7 +89,7 @@ class MaskedDecodingProblem:
     """What the generator needs to sample N candidates with a masked-diffusion sampler."""
 
     z_1: torch.Tensor  # (N, L) [M] at the positions to generate, fixed tokens elsewhere
-    denoise_fn: Callable  # (z_t (N, L), t (N,)) -> logits (N, L, V+1)
+    denoise_fn: Callable  # (z_t (N, L), t (N,)) -> logits (M, V+1) at the M masked positions
     owner: torch.Tensor  # (N,) input sentence of each candidate
     output_mask: torch.Tensor  # (N, L) positions that become output tokens
     schedule: object  # sampling schedule
@@ -144,9 +144,11 @@ class MaskedDiffusionBase(BaseFairseqModel):
             return h, padding_mask, emb
         return torch.cat([emb, h], 1), F.pad(padding_mask, (1, 0), value=False), None
 
-    def output_logits(self, h: torch.Tensor) -> torch.Tensor:
-        """Tied output layer over the data vocabulary and [M]: (B, L, C) -> (B, L, V+1)."""
-        return h[:, self.extra_positions:] @ self.embed.weight.t()
+    def output_logits(self, h: torch.Tensor, z_t: torch.Tensor) -> torch.Tensor:
+        """Tied output layer over the data vocabulary and [M] at the masked positions of z_t (B, L) only:
+        (B, L', C) -> (M, V+1). SUBS never reads the logits of an unmasked position, so they are not computed.
+        """
+        return h[:, self.extra_positions:][z_t.eq(self.mask_id)] @ self.embed.weight.t()
 
     def loss_terms(self, denoise_fn, x0: torch.Tensor) -> dict:
         """The objective (per maskable token) and the ELBO statistics, in the criterion's named-terms form."""
@@ -224,13 +226,14 @@ class MaskedDiffusionSeq2Seq(MaskedDiffusionBase):
         return h.transpose(0, 1), mask, self.length.log_probs(h, mask)
 
     def denoise(self, z_t, t, memory, memory_mask):
-        """z_t (N, L) with [M], t (N,) in [0, 1] -> logits (N, L, V+1). Memory rows repeat if N = k * B."""
+        """z_t (N, L) with [M], t (N,) in [0, 1] -> logits (M, V+1) at the masked positions. Memory rows
+        repeat if N = k * B."""
         reps = z_t.size(0) // memory.size(1)
         if reps > 1:  # GenMD4 scores k mask samples of each sequence in one call
             memory, memory_mask = memory.repeat(1, reps, 1), memory_mask.repeat(reps, 1)
         h, padding_mask, bias = self.time_inputs(self.embed(z_t), z_t.eq(self.pad), t)
         h = self.decoder(h, padding_mask, memory=memory, memory_padding_mask=memory_mask, layer_bias=bias)
-        return self.output_logits(h)
+        return self.output_logits(h, z_t)
 
     def forward(self, src_tokens, src_lengths, prev_output_tokens=None, tgt_tokens=None, **unused):
         memory, memory_mask, length_lprobs = self.encode(src_tokens)
@@ -288,9 +291,9 @@ class MaskedDiffusionLM(MaskedDiffusionBase):
         return self.cfg.max_target_positions
 
     def denoise(self, z_t, t):
-        """z_t (B, L) with [M], t (B,) in [0, 1] -> logits (B, L, V+1)."""
+        """z_t (B, L) with [M], t (B,) in [0, 1] -> logits (M, V+1) at the masked positions."""
         h, padding_mask, bias = self.time_inputs(self.embed(z_t), z_t.eq(self.pad), t)
-        return self.output_logits(self.stack(h, padding_mask, layer_bias=bias))
+        return self.output_logits(self.stack(h, padding_mask, layer_bias=bias), z_t)
 
     def forward(self, src_tokens, src_lengths=None, prev_output_tokens=None, tgt_tokens=None, **unused):
         return self.loss_terms(self.denoise, tgt_tokens)

@@ -215,3 +215,44 @@ def test_genmd4_reinforce_leave_one_out_matches_finite_difference():
     mean, stderr = estimates.mean(0), estimates.std(0) / math.sqrt(len(estimates))
     assert bool(((mean - finite_diff).abs() <= 4 * stderr + 2e-3).all()), (mean, finite_diff, stderr)
     assert ((pathwise[:3] - finite_diff).abs() > 10 * stderr).any()  # the score-function part matters
+
+
+def _masked_rows_cases():
+    x0, z_t, t = _noised(LinearSchedule(), batch=16)
+    spindle_like = GenMD4Schedule(V + 1)
+    with torch.no_grad():
+        spindle_like.raw_exponent.normal_(generator=_gen(8))
+    step = torch.arange(16) % 8 + 1
+    mutual = MutualSchedule(8)
+    return x0, z_t, {
+        "mdlm": lambda lg: mdlm_loss(lg, x0, z_t, t, LogLinearSchedule(), mask_id=MASK),
+        "md4": lambda lg: md4_loss(lg, x0, z_t, t, LinearSchedule(), mask_id=MASK),
+        "genmd4": lambda lg: genmd4_loss(lg, x0, z_t, t, spindle_like, mask_id=MASK),
+        "d3pm": lambda lg: d3pm_loss(lg, x0, z_t, mutual.alpha_bar(step - 1), mutual.alpha_bar(step), num_steps=8,
+                                     mask_id=MASK, hybrid_lambda=0.01),
+    }
+
+
+@pytest.mark.parametrize("name", ["mdlm", "md4", "genmd4", "d3pm"])
+def test_logits_at_masked_rows_only_give_the_same_loss_and_gradient(name):
+    x0, z_t, losses = _masked_rows_cases()
+    is_masked = z_t == MASK
+    assert 0 < int(is_masked.sum()) < is_masked.numel()
+    dense = torch.randn(*x0.shape, V + 1, generator=_gen(9), requires_grad=True)
+    rows = dense.detach()[is_masked].clone().requires_grad_(True)  # (M, V): what a denoiser may return
+    full, short = losses[name](dense), losses[name](rows)
+    for field in ("loss", "nelbo", "ce", "num_masked", "num_tokens"):
+        torch.testing.assert_close(getattr(short, field), getattr(full, field))
+    full.loss.backward()
+    short.loss.backward()
+    torch.testing.assert_close(rows.grad, dense.grad[is_masked])
+    assert float(dense.grad[~is_masked].abs().max()) == 0.0  # the rows left out never mattered
+
+
+def test_logits_of_neither_form_raise_a_clear_error():
+    x0, z_t, losses = _masked_rows_cases()
+    num_masked = int((z_t == MASK).sum())
+    with pytest.raises(ValueError, match=r"neither .* as \(B, L, V\) nor its \d+ masked positions as \(M, V\)"):
+        losses["mdlm"](torch.zeros(num_masked + 1, V + 1))
+    with pytest.raises(ValueError, match="neither"):
+        losses["md4"](torch.zeros(x0.size(0), x0.size(1) + 1, V + 1))

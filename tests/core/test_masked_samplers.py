@@ -107,6 +107,22 @@ def test_ddpm_cache_matches_ddpm_with_fewer_calls():
     assert cached.calls <= 1 + int((z_1 == MASK).sum())  # at most one call per change of z
 
 
+@pytest.mark.parametrize("name", sorted(SAMPLERS))
+def test_logits_at_masked_rows_only_give_the_same_samples(name):
+    x0, z_1 = _data(batch=6, length=12)
+
+    def rows_only(z_t, t):
+        return _random_denoiser(z_t, t)[z_t == MASK]  # (M, V)
+
+    kwargs = dict(num_steps=4, mask_id=MASK, forbidden_ids=(PAD, BOS), return_scores=True)
+    if name != "confidence":
+        kwargs["schedule"] = LinearSchedule()
+    full = get_sampler(name)(_random_denoiser, z_1, generator=_gen(3), **kwargs)
+    short = get_sampler(name)(rows_only, z_1, generator=_gen(3), **kwargs)
+    assert torch.equal(full[0], short[0]) and not bool((full[0] == MASK).any())
+    torch.testing.assert_close(full[1], short[1])
+
+
 def test_ddpm_step_unmasks_the_expected_fraction():
     z_t = torch.full((200, 100), MASK)
     t, s = torch.full((200,), 0.8), torch.full((200,), 0.6)
