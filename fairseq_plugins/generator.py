@@ -164,6 +164,7 @@ class DiffusionGenerator:
             cfg.decoding_steps,
             method=cfg.decoding_method,
             clamp_embeddings=table if cfg.clamping else None,
+            clamp_mask=problem.output_mask,  # not the source (DiffuSeq) nor past a candidate's length
             self_condition=model.self_conditioning,
             keep_mask=problem.keep_mask,
             z0_fixed=problem.z0_fixed,

@@ -60,6 +60,7 @@ def sample(
     *,
     method: str = "ddim",
     clamp_embeddings: Optional[torch.Tensor] = None,
+    clamp_mask: Optional[torch.Tensor] = None,
     self_condition: bool = False,
     keep_mask: Optional[torch.Tensor] = None,
     z0_fixed: Optional[torch.Tensor] = None,
@@ -73,8 +74,10 @@ def sample(
     return_unclamped: also return the denoiser's last output before clamping (B, L, D), whose
     rounding log-probabilities score the candidates (a clamped z0_hat is an embedding row exactly).
     return_indices: also return the rows (B, L) of ``clamp_embeddings`` the last step clamped to (the
-    rounded tokens; needs clamping).
+    rounded tokens; needs clamping), -1 where ``clamp_mask`` is False.
     clamp_embeddings: (V, D) rows to clamp z0_hat onto each step (None: no clamping).
+    clamp_mask: (B, L) positions to clamp (None: all). Leave out those the output never reads, such as
+    padding past a candidate's length or a fixed source: each clamp is a (V, D) product per position.
     early_stop: if > 0, stop after that many network calls and return the current z0_hat
     (Difformer's "early stop at step 5" of a 20-step schedule).
     """
@@ -94,8 +97,7 @@ def sample(
         t = torch.full((batch,), step, dtype=torch.long, device=z_T.device)
         z0_hat = unclamped = denoise_fn(z_t, t, z0_hat if self_condition else None)
         if clamp_embeddings is not None:
-            indices = nearest_embedding(z0_hat, clamp_embeddings, neg_sq_norms)
-            z0_hat = clamp_embeddings[indices].to(z0_hat.dtype)
+            z0_hat, indices = _clamp(z0_hat, clamp_embeddings, neg_sq_norms, clamp_mask)
         z0_hat = reset_clean(z0_hat, z0_fixed, keep_mask)
         if k + 1 < len(steps):
             s = torch.full_like(t, steps[k + 1])
@@ -103,6 +105,18 @@ def sample(
     out = (z0_hat,) + ((reset_clean(unclamped, z0_fixed, keep_mask),) if return_unclamped else ())
     out += (indices,) if return_indices else ()
     return out if len(out) > 1 else z0_hat
+
+
+def _clamp(z0_hat, table, neg_sq_norms, mask):
+    """z0_hat (B, L, D) with the rows at mask (all when None) replaced by their nearest table row; the
+    table rows (B, L), -1 where not clamped."""
+    if mask is None:
+        indices = nearest_embedding(z0_hat, table, neg_sq_norms)
+        return table[indices].to(z0_hat.dtype), indices
+    rows = nearest_embedding(z0_hat[mask], table, neg_sq_norms)  # (M,)
+    indices = torch.full(mask.shape, -1, dtype=torch.long, device=mask.device).masked_scatter_(mask, rows)
+    clamped = z0_hat.masked_scatter(mask.unsqueeze(-1).expand_as(z0_hat), table[rows].to(z0_hat.dtype))
+    return clamped, indices
 
 
 STEPS = {

@@ -74,9 +74,47 @@ def draw_tokens(
     return tokens, log_probs.gather(-1, tokens[:, None]).squeeze(-1)
 
 
-def _masked_rows_log_probs(logits: Tensor, z_t: Tensor, mask_id: int, forbidden_ids: Sequence[int]) -> Tensor:
-    """SUBS log-probs (M, V) of the M masked positions only: a sampler draws nowhere else."""
-    return subs_masked_log_probs(masked_rows(logits, z_t, mask_id), mask_id=mask_id, forbidden_ids=forbidden_ids)
+def greedy_masked_tokens(rows: Tensor, banned_ids: Sequence[int]) -> Tuple[Tensor, Tensor]:
+    """The most likely token of each row of logits (M, V) outside ``banned_ids``, and its SUBS log-prob.
+
+    Equal to the argmax of :func:`subs_masked_log_probs` and its value, without writing any (M, V)
+    tensor: one max and one logsumexp over the raw rows, the banned tokens' mass taken out as
+    log1p(-p_banned). Rows whose banned tokens hold over half the mass (where that subtraction would lose
+    precision) or win the argmax are recomputed exactly.
+    """
+    if rows.size(0) == 0:
+        return rows.new_zeros(0, dtype=torch.long), rows.new_zeros(0, dtype=torch.float)
+    rows = rows.float() if rows.dtype not in (torch.float32, torch.float64) else rows
+    banned = torch.tensor(sorted(set(banned_ids)), device=rows.device)
+    best, tokens = rows.max(-1)
+    lse = torch.logsumexp(rows, -1)
+    banned_share = (torch.logsumexp(rows.index_select(-1, banned), -1) - lse).exp()  # (M,) in [0, 1]
+    log_prob = best - lse - torch.log1p(-banned_share.clamp(max=0.5))
+    redo = (banned_share > 0.5) | torch.isin(tokens, banned)
+    if bool(redo.any()):
+        exact = torch.log_softmax(rows[redo].index_fill(-1, banned, float("-inf")), dim=-1)
+        log_prob[redo], tokens[redo] = exact.max(-1)
+    return tokens, log_prob
+
+
+def _draw_at_masked(
+    logits: Tensor,
+    z_t: Tensor,
+    mask_id: int,
+    forbidden_ids: Sequence[int],
+    *,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    generator: Optional[torch.Generator] = None,
+) -> Tuple[Tensor, Tensor]:
+    """A token for each masked position of z_t and its SUBS log-prob: (M,), (M,). Greedy (temperature 0)
+    needs no normalised (M, V) tensor; sampling filters and draws from one."""
+    rows = masked_rows(logits, z_t, mask_id)  # (M, V)
+    if temperature == 0:
+        return greedy_masked_tokens(rows, (mask_id, *forbidden_ids))
+    log_probs = subs_masked_log_probs(rows, mask_id=mask_id, forbidden_ids=forbidden_ids)
+    return draw_tokens(log_probs, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
 
 
 def _unmask_probability(schedule, t: Tensor, s: Tensor, x0_hat: Tensor, maskable: Tensor) -> Tensor:
@@ -105,9 +143,8 @@ def _ddpm_update(
 ) -> Tuple[Tensor, Tensor]:
     """z_s (B, L) and the log-prob (B, L) of the token drawn at each masked position (0 elsewhere)."""
     is_masked = z_t == mask_id  # (B, L)
-    log_probs = _masked_rows_log_probs(logits, z_t, mask_id, forbidden_ids)  # (M, V)
     x0_hat, drawn_lp = z_t.clone(), torch.zeros(z_t.shape, device=z_t.device)
-    x0_hat[is_masked], lp = draw_tokens(log_probs, generator=generator, **token_kwargs)
+    x0_hat[is_masked], lp = _draw_at_masked(logits, z_t, mask_id, forbidden_ids, generator=generator, **token_kwargs)
     drawn_lp[is_masked] = lp.float()
     p_unmask = _unmask_probability(schedule, t, s, x0_hat, maskable)
     u = torch.rand(z_t.shape, device=z_t.device, generator=generator)  # (B, L)
@@ -222,9 +259,9 @@ def confidence_sample(
     for i in range(num_steps):
         logits = _call(denoise_fn, z_t, (num_steps - i) / num_steps)
         is_masked = z_t == mask_id
-        log_probs = _masked_rows_log_probs(logits, z_t, mask_id, forbidden_ids)  # (M, V)
-        drawn, confidence = draw_tokens(
-            log_probs, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator
+        drawn, confidence = _draw_at_masked(
+            logits, z_t, mask_id, forbidden_ids, temperature=temperature, top_k=top_k, top_p=top_p,
+            generator=generator,
         )
         tokens[is_masked], scores[is_masked] = drawn, confidence.float()
         count = num_gen * (num_steps - 1 - i) // num_steps  # (B,) linearly down to 0

@@ -127,6 +127,28 @@ def test_oracle_denoiser_recovers_tokens(steps, method):
     assert len(calls) == steps and calls[0] == num_steps - 1 and calls[-1] == (0 if steps > 1 else num_steps - 1)
 
 
+def test_clamp_mask_clamps_only_those_positions():
+    """Position-wise denoiser: the clamped positions come out as with clamping everywhere, the others are
+    the denoiser's output, and the returned indices are -1 there."""
+    diff = GaussianDiffusion(SqrtSchedule(), 30)
+    g = torch.Generator().manual_seed(4)
+    emb = torch.randn(20, 6, generator=g)
+    mask = torch.rand(3, 8, generator=g) < 0.6
+    mask[0, 0], mask[0, 1] = True, False
+
+    def fn(z_t, t, sc):  # each position depends on itself only
+        return torch.tanh(z_t) * 2.0 + 0.1
+
+    z_T = diff.prior_sample((3, 8, 6), generator=torch.Generator().manual_seed(1))
+    run = dict(clamp_embeddings=emb, return_unclamped=True, return_indices=True,
+               generator=torch.Generator().manual_seed(2))
+    full, _, full_idx = sample(fn, diff, z_T, 5, **run)
+    run["generator"] = torch.Generator().manual_seed(2)
+    part, unclamped, part_idx = sample(fn, diff, z_T, 5, clamp_mask=mask, **run)
+    assert torch.equal(part[mask], full[mask]) and torch.equal(part_idx[mask], full_idx[mask])
+    assert torch.equal(part[~mask], unclamped[~mask]) and bool((part_idx[~mask] == -1).all())
+
+
 def test_sampler_resets_source_positions_and_self_conditions():
     diff = GaussianDiffusion(SqrtSchedule(), 20)
     z0 = torch.randn(2, 5, 4)

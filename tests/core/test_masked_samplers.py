@@ -4,7 +4,7 @@ calls, fixed positions, mask-predict schedule, token filtering, semi-autoregress
 import pytest
 import torch
 
-from difftext.processes.masked import maskable_positions, masked_prior
+from difftext.processes.masked import maskable_positions, masked_prior, subs_masked_log_probs
 from difftext.samplers.masked import (
     SAMPLERS,
     ddpm_cache_sample,
@@ -13,6 +13,7 @@ from difftext.samplers.masked import (
     draw_tokens,
     filter_log_probs,
     get_sampler,
+    greedy_masked_tokens,
     semi_ar_sample,
 )
 from difftext.schedules.masking import (
@@ -121,6 +122,21 @@ def test_logits_at_masked_rows_only_give_the_same_samples(name):
     short = get_sampler(name)(rows_only, z_1, generator=_gen(3), **kwargs)
     assert torch.equal(full[0], short[0]) and not bool((full[0] == MASK).any())
     torch.testing.assert_close(full[1], short[1])
+
+
+def test_greedy_tokens_match_the_normalised_argmax():
+    rows = 3.0 * torch.randn(200, VOCAB, generator=_gen(11))
+    rows[:50, MASK] += 30.0  # [M] takes nearly all the raw mass: recomputed exactly
+    rows[50:80, PAD] += 4.0  # pad wins the raw argmax
+    rows[80:90, BOS] = float("-inf")
+    rows[90:100] = rows[90:100].round()  # ties
+    tokens, log_prob = greedy_masked_tokens(rows, (MASK, PAD, BOS))
+    exact = subs_masked_log_probs(rows, mask_id=MASK, forbidden_ids=(PAD, BOS))
+    best, expected = exact.max(-1)
+    assert torch.equal(tokens, expected)
+    torch.testing.assert_close(log_prob, best, rtol=0, atol=1e-5)
+    half_tokens, half_lp = greedy_masked_tokens(rows.bfloat16(), (MASK, PAD, BOS))
+    assert half_lp.dtype == torch.float32 and float((half_tokens == tokens).float().mean()) > 0.9
 
 
 def test_ddpm_step_unmasks_the_expected_fraction():
