@@ -246,12 +246,15 @@ def run_full_test(spec: Spec, s: Settings, force: bool = False) -> Optional[Dict
     return result["decode"]["full_test"]
 
 
-def run_model(spec: Spec, s: Settings, force: bool = False) -> Dict:
-    """The cached result of ``spec``, or a fresh one (written to RESULTS_DIR/<model>.json)."""
+def run_model(spec: Spec, s: Settings, force: bool = False, reevaluate: bool = False) -> Dict:
+    """The cached result of ``spec``, or a fresh one (written to RESULTS_DIR/<model>.json).
+
+    ``reevaluate``: decode / evaluate again, reusing a finished training with the same key.
+    """
     path = s.results / f"{spec.name}.json"
     key = s.key(spec)
     cached = read_json(path)
-    if cached and same_key(cached.get("key"), key) and not force:
+    if cached and same_key(cached.get("key"), key) and not force and not reevaluate:
         print(f"bench: {spec.name}: cached ({path})", flush=True)
         return cached
     print(f"bench: {spec.name}: training" + (f" for {key['budget_minutes']:g} min" if key["budget_minutes"] else ""),

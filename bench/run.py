@@ -43,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--work-dir", type=Path, default=None, help="data-bins, checkpoints, logs (default: runs/bench, "
                    "or OUT/work in smoke mode)")
     p.add_argument("--force", action="store_true", help="rerun models even when a cached result matches")
+    p.add_argument("--reevaluate", action="store_true",
+                   help="decode (or evaluate the LM) again on each model's finished training, e.g. after a change "
+                        "to decoding; trains only where no finished training matches")
     p.add_argument("--report-only", action="store_true", help="only rewrite RESULTS.md and the plots")
     p.add_argument("--full-test", action="store_true", help="decode the whole test set with each decoded model's "
                    "default setting (final checkpoint) for section 2, when the grid used --grid-shards")
@@ -166,7 +169,7 @@ def run(args, chosen, all_specs, results: Path, work: Path) -> None:
     s = settings_from(args, results, work, mt, lm)
     models = [all_specs[m] for m in chosen if m != "gpu"]
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        futures = [pool.submit(run_model, spec, s, args.force) for spec in models]
+        futures = [pool.submit(run_model, spec, s, args.force, args.reevaluate) for spec in models]
         try:
             for future in futures:
                 future.result()

@@ -85,6 +85,14 @@ def test_smoke_suite_end_to_end(tmp_path):
     assert all(number(v["sentences_per_s"]) for k, v in fp32["decode"].items() if k != "worker")
     assert "## 7. GPU" in (out / "RESULTS.md").read_text() and gpu["device"] in (out / "RESULTS.md").read_text()
 
+    # --reevaluate decodes again on the finished training (after a change to decoding)
+    before = json.loads((out / "results" / "mdlm.json").read_text())
+    log = run_bench("--smoke", "--out", out, "--models", "mdlm", "--reevaluate")
+    assert "bench: mdlm: reusing its finished training" in log and "bench: mdlm: decoding" in log
+    after = json.loads((out / "results" / "mdlm.json").read_text())
+    assert after["train"] == before["train"] and after["date"] != before["date"]
+    check_decode(after["decode"])
+
     # the dedicated cost pass: section 1 then reads results/cost.json
     run_bench("--smoke", "--out", out, "--cost-only", "--models", "ar,difformer", "--jobs", "1")
     cost = json.loads((out / "results" / "cost.json").read_text())["models"]
