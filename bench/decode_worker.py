@@ -200,14 +200,21 @@ def main(argv=None):
     previous = {j["name"]: j for j in (read_json(args.out) or {}).get("jobs", [])}
     for i, job in enumerate(plan["jobs"]):
         done = previous.get(job["name"])
-        if i > 0 and done and done.get("command") == job_command(plan, job) \
-                and done.get("checkpoint_mtime") == os.path.getmtime(job["checkpoint"]):
+        if i > 0 and resumable(done, plan, job):
             results.append(done)  # a resumed run: this job finished before (the first job always runs)
             continue
-        results.append(run_job(plan, job, refs, steps, forward))
+        results.append(dict(run_job(plan, job, refs, steps, forward), code=plan.get("code")))
         print(f"decode_worker: {job['name']}: {results[-1]['sacrebleu']:.2f} BLEU, "
               f"{results[-1]['sentences_per_s']:.2f} sentences/s", file=sys.stderr, flush=True)
         write_json(args.out, {"jobs": results, "baseline_rss_mb": baseline})
+    write_json(args.out, {"jobs": results, "baseline_rss_mb": baseline})  # resumed jobs after the last run one
+
+
+def resumable(done, plan, job) -> bool:
+    """A job of an interrupted run of this plan: same command, checkpoint and committed code."""
+    code = plan.get("code") or ""
+    return bool(done) and done.get("command") == job_command(plan, job) and code and not code.endswith("+dirty") \
+        and done.get("code") == code and done.get("checkpoint_mtime") == os.path.getmtime(job["checkpoint"])
 
 
 if __name__ == "__main__":

@@ -137,16 +137,19 @@ def decode_plan(spec: Spec, s: Settings, stats: Dict) -> Dict:
     common = [*spec.task, "--post-process", "sentencepiece", "--seed", "1", *spec.decode_flags]
     common += s.grid.get("ar_flags", []) if spec.family == "ar" else []
     common += ["--cpu"] if s.cpu else []
-    return {"data": str(s.mt_data), "ref": str(s.mt_data / "raw" / "test.en"), "common": common,
+    return {"data": str(s.mt_data), "ref": str(s.mt_data / "raw" / "test.en"), "common": common, "code": git_commit(),
             "out_dir": str(s.work / "decode" / spec.name), "jobs": jobs, "default": default,
             "grid": [asdict(c) for c in configs]}
 
 
-def decode(spec: Spec, s: Settings, stats: Dict) -> Dict:
+def decode(spec: Spec, s: Settings, stats: Dict, fresh: bool = False) -> Dict:
+    """Decode the grid; ``fresh``: measure every job again rather than resume an interrupted run."""
     plan = decode_plan(spec, s, stats)
     plan_file = s.work / "stats" / f"{spec.name}.decode-plan.json"
     out_file = s.work / "stats" / f"{spec.name}.decode.json"
     write_json(plan_file, plan)
+    if fresh:
+        out_file.unlink(missing_ok=True)
     cmd = [sys.executable, BENCH / "decode_worker.py", "--plan", plan_file, "--out", out_file]
     proc = run_logged(cmd, s.work / "logs" / f"{spec.name}.decode.log", threads=s.threads, quiet=s.quiet)
     jobs = {j["name"]: j for j in read_json(out_file)["jobs"]}
@@ -265,6 +268,7 @@ def run_model(spec: Spec, s: Settings, force: bool = False, reevaluate: bool = F
     result["train"] = train(spec, s, s.train_key(spec), force)
     if not spec.cost_only:
         print(f"bench: {spec.name}: {'evaluating' if spec.lm else 'decoding'}", flush=True)
-        result["lm" if spec.lm else "decode"] = (lm_eval if spec.lm else decode)(spec, s, result["train"])
+        result["lm" if spec.lm else "decode"] = (lm_eval(spec, s, result["train"]) if spec.lm
+                                                  else decode(spec, s, result["train"], fresh=reevaluate))
     write_json(path, result)
     return result

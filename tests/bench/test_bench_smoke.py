@@ -92,6 +92,9 @@ def test_smoke_suite_end_to_end(tmp_path):
     after = json.loads((out / "results" / "mdlm.json").read_text())
     assert after["train"] == before["train"] and after["date"] != before["date"]
     check_decode(after["decode"])
+    plan = json.loads((out / "work" / "stats" / "mdlm.decode-plan.json").read_text())
+    worker_log = (out / "work" / "logs" / "mdlm.decode.log").read_text()
+    assert worker_log.count("decode_worker: ") == len(plan["jobs"])  # every job measured again, none resumed
 
     # the dedicated cost pass: section 1 then reads results/cost.json
     run_bench("--smoke", "--out", out, "--cost-only", "--models", "ar,difformer", "--jobs", "1")
