@@ -74,25 +74,29 @@ def draw_tokens(
     return tokens, log_probs.gather(-1, tokens[:, None]).squeeze(-1)
 
 
-def greedy_masked_tokens(rows: Tensor, banned_ids: Sequence[int]) -> Tuple[Tensor, Tensor]:
+def greedy_masked_tokens(rows: Tensor, banned_ids: Sequence[int], chunk: int = 128) -> Tuple[Tensor, Tensor]:
     """The most likely token of each row of logits (M, V) outside ``banned_ids``, and its SUBS log-prob.
 
-    Equal to the argmax of :func:`subs_masked_log_probs` and its value, without writing any (M, V)
-    tensor: one max and one logsumexp over the raw rows, the banned tokens' mass taken out as
-    log1p(-p_banned). Rows whose banned tokens hold over half the mass (where that subtraction would lose
-    precision) or win the argmax are recomputed exactly.
+    Equal to the argmax of :func:`subs_masked_log_probs` and its value without any (M, V) output: per
+    ``chunk`` rows (so the exponentials stay in cache), the row max, then sum_v e^(x_v - max) and the
+    banned tokens' part of it, which is left out of the normaliser. Rows whose banned tokens hold over
+    half the mass (where that subtraction would lose precision) or win the argmax are recomputed exactly.
     """
-    if rows.size(0) == 0:
-        return rows.new_zeros(0, dtype=torch.long), rows.new_zeros(0, dtype=torch.float)
-    rows = rows.float() if rows.dtype not in (torch.float32, torch.float64) else rows
+    num = rows.size(0)
+    tokens = torch.empty(num, dtype=torch.long, device=rows.device)
+    log_prob = torch.empty(num, dtype=torch.float, device=rows.device)
+    banned_share = torch.empty(num, dtype=torch.float, device=rows.device)
     banned = torch.tensor(sorted(set(banned_ids)), device=rows.device)
-    best, tokens = rows.max(-1)
-    lse = torch.logsumexp(rows, -1)
-    banned_share = (torch.logsumexp(rows.index_select(-1, banned), -1) - lse).exp()  # (M,) in [0, 1]
-    log_prob = best - lse - torch.log1p(-banned_share.clamp(max=0.5))
+    for i in range(0, num, chunk):
+        block = rows[i : i + chunk].float()
+        best, tokens[i : i + chunk] = block.max(-1)
+        weights = (block - best[:, None]).exp_()  # (chunk, V), the best token's is 1
+        total, banned_total = weights.sum(-1), weights.index_select(-1, banned).sum(-1)
+        banned_share[i : i + chunk] = banned_total / total
+        log_prob[i : i + chunk] = -torch.log(total - banned_total)  # log p(best) = 0 - log(allowed mass)
     redo = (banned_share > 0.5) | torch.isin(tokens, banned)
     if bool(redo.any()):
-        exact = torch.log_softmax(rows[redo].index_fill(-1, banned, float("-inf")), dim=-1)
+        exact = torch.log_softmax(rows[redo].float().index_fill(-1, banned, float("-inf")), dim=-1)
         log_prob[redo], tokens[redo] = exact.max(-1)
     return tokens, log_prob
 
