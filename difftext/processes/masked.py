@@ -142,17 +142,21 @@ def masked_rows(logits: Tensor, z_t: Tensor, mask_id: int) -> Tensor:
     )
 
 
-def subs_masked_log_probs(rows: Tensor, *, mask_id: int, forbidden_ids: Sequence[int] = ()) -> Tensor:
-    """SUBS log-distribution over x0 at masked positions from their logits (M, V): (M, V).
-
-    log_softmax with the [M] logit and any ``forbidden_ids`` at -inf, in at least fp32.
-    """
-    vocab = rows.size(-1)
+def check_mask_id(mask_id: int, vocab: int) -> None:
+    """A ValueError unless the logits' last dimension ``vocab`` includes ``mask_id``."""
     if not 0 <= mask_id < vocab:
         raise ValueError(
             f"mask_id={mask_id} is outside the model's vocabulary of size {vocab}; the output layer "
             "must include the mask symbol"
         )
+
+
+def subs_masked_log_probs(rows: Tensor, *, mask_id: int, forbidden_ids: Sequence[int] = ()) -> Tensor:
+    """SUBS log-distribution over x0 at masked positions from their logits (M, V): (M, V).
+
+    log_softmax with the [M] logit and any ``forbidden_ids`` at -inf, in at least fp32.
+    """
+    check_mask_id(mask_id, rows.size(-1))
     banned = torch.tensor([mask_id, *forbidden_ids], device=rows.device)
     dtype = torch.promote_types(rows.dtype, torch.float32)  # half-precision logits: softmax in fp32
     return torch.log_softmax(rows.index_fill(-1, banned, float("-inf")), dim=-1, dtype=dtype)

@@ -26,7 +26,7 @@ from typing import Callable, Dict, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from difftext.processes.masked import masked_rows, subs_masked_log_probs
+from difftext.processes.masked import check_mask_id, masked_rows, subs_masked_log_probs
 from difftext.schedules.masking import LinearSchedule
 
 DenoiseFn = Callable[[Tensor, Tensor], Tensor]
@@ -116,6 +116,7 @@ def _draw_at_masked(
     needs no normalised (M, V) tensor; sampling filters and draws from one."""
     rows = masked_rows(logits, z_t, mask_id)  # (M, V)
     if temperature == 0:
+        check_mask_id(mask_id, rows.size(-1))
         return greedy_masked_tokens(rows, (mask_id, *forbidden_ids))
     log_probs = subs_masked_log_probs(rows, mask_id=mask_id, forbidden_ids=forbidden_ids)
     return draw_tokens(log_probs, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)

@@ -216,6 +216,10 @@ def test_bad_arguments_raise():
         get_sampler("ancestral")
     with pytest.raises(ValueError, match="num_steps"):
         ddpm_sample(_random_denoiser, z_1, num_steps=0, mask_id=MASK)
+    for sampler in SAMPLERS.values():  # the greedy path and the sampling path name the same problem
+        with pytest.raises(ValueError, match=r"mask_id=12 is outside the model's vocabulary of size 12"):
+            sampler(lambda z_t, t: torch.zeros(*z_t.shape, VOCAB), torch.where(z_1 == MASK, 12, z_1), num_steps=2,
+                    mask_id=12)
     with pytest.raises(ValueError, match="block_length"):
         semi_ar_sample(
             _random_denoiser,
