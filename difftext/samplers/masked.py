@@ -1,9 +1,9 @@
 """Samplers of masked diffusion models (MDLM, Sahoo et al. 2024; MD4, Shi et al. 2024).
 
-Every sampler drives a ``denoise_fn(z_t (B, L), t (B,)) -> logits`` closure from a start z_1 (B, L);
-the logits are (B, L, V), or (M, V) at the masked positions only (the samplers read no others; see
-:func:`difftext.processes.masked.masked_rows`): positions to generate hold ``mask_id``; every other position (bos, eos, pad, a prompt)
-is fixed, because unmasked tokens never change. Build z_1 with
+Every sampler drives a ``denoise_fn(z_t (B, L), t (B,)) -> logits`` closure from a start z_1 (B, L).
+The logits are (B, L, V), or (M, V) at the masked positions only: the samplers read no others (see
+:func:`difftext.processes.masked.masked_rows`). In z_1, positions to generate hold ``mask_id``; every
+other position (bos, eos, pad, a prompt) is fixed, because unmasked tokens never change. Build z_1 with
 :func:`difftext.processes.masked.masked_prior`. The output holds no mask token, and no token of
 ``forbidden_ids`` (e.g. pad, bos) at a generated position.
 
