@@ -6,6 +6,8 @@ PY := $(VENV)/bin/python
 # torch first, so that nothing pulls a different build; fairseq's source build is pinned to it too.
 TORCH ?= torch==2.13.0
 BUDGET ?= 16
+# test workers (pytest-xdist): one per core; every CLI the tests start runs on one thread
+TEST_WORKERS ?= auto
 
 .PHONY: install quickstart test test-fast clean
 
@@ -22,10 +24,10 @@ quickstart: install
 	$(PY) examples/quickstart.py --budget $(BUDGET)
 
 test: install
-	$(PY) -m pytest tests -q
+	$(PY) -m pytest tests -q -n $(TEST_WORKERS)
 
 test-fast: install
-	$(PY) -m pytest tests -q -m "not slow"
+	$(PY) -m pytest tests -q -n $(TEST_WORKERS) -m "not slow"
 
 clean:
 	rm -rf runs

@@ -19,7 +19,7 @@ setup(
         "fairseq-fixed>=0.12.3.1; python_version >= '3.11'",
     ],
     extras_require={
-        "test": ["pytest>=7"],
+        "test": ["pytest>=7", "pytest-xdist>=3"],  # make test runs one worker per core
         # scoring (difftext-score), decoding sweeps with plots (difftext-sweep), --candidate-selection mbr-rouge
         "eval": ["rouge-score", "nltk", "matplotlib", "tqdm"],
         "bert": ["transformers>=4.30"],  # --bert-init (DiffusionBERT); the tests use it too
