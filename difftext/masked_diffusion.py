@@ -113,6 +113,22 @@ class MaskedDiffusion(nn.Module):
         """T of the discrete-time (d3pm) objective, else None."""
         return self.sampling_schedule.num_steps if self.objective == "d3pm" else None
 
+    @property
+    def token_weight(self) -> float:
+        """Expected weight of a maskable token's cross-entropy in ``loss``, over t and the mask draw.
+
+        1 for the continuous-time bounds (mdlm, md4, genmd4): int_0^1 -alpha'_t dt = alpha_0 - alpha_1 = 1.
+        d3pm trains on one term L_{t-1} of a T-step bound: E_t[(1 - alpha_bar_t) / t] = 1/T, plus the
+        hybrid CE on the masked tokens, lambda * E_t[1 - alpha_bar_t] = lambda (T + 1) / (2T) (mutual; the
+        spindle's offsets are centred per sequence) -- about 1/180 of the others at T = 2048, lambda = 1e-2.
+        A model weighs its other loss terms (a length predictor) relative to it, so that their factors mean
+        the same for every objective.
+        """
+        if self.objective != "d3pm":
+            return 1.0
+        steps = self.discrete_steps
+        return 1.0 / steps + self.hybrid_lambda * (steps + 1) / (2 * steps)
+
     def sample_time(self, batch_size: int, device, generator: Optional[torch.Generator] = None) -> Tensor:
         """Continuous training times (B,) in [eps, 1]: antithetic (MDLM) or plain uniform."""
         draw = antithetic_continuous if self.antithetic else uniform_continuous

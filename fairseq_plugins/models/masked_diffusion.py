@@ -73,7 +73,11 @@ class MaskedDiffusionConfig(StackConfig):
 class MaskedSeq2SeqConfig(MaskedDiffusionConfig):
     encoder_layers: int = field(default=6, metadata={"help": "encoder layers"})
     decoder_layers: int = field(default=6, metadata={"help": "denoiser layers"})
-    length_loss_factor: float = field(default=0.1, metadata={"help": "weight of the length-prediction loss"})
+    length_loss_factor: float = field(
+        default=0.1, metadata={"help": "weight of the length-prediction loss, relative to a masked token's "
+                               "cross-entropy in the objective (scaled by the objective's token weight: 1 for "
+                               "mdlm/md4/genmd4, ~5.5e-3 for d3pm at T 2048, so the length term cannot dominate)"}
+    )
     pred_length_offset: bool = field(
         default=True, metadata={"help": "predict target length minus source length (fairseq NAT style)"}
     )
@@ -239,7 +243,8 @@ class MaskedDiffusionSeq2Seq(MaskedDiffusionBase):
         memory, memory_mask, length_lprobs = self.encode(src_tokens)
         terms = self.loss_terms(lambda z_t, t: self.denoise(z_t, t, memory, memory_mask), tgt_tokens)
         length_target = self.length.targets(src_tokens, tgt_tokens.ne(self.pad).sum(-1))
-        terms["length"] = {"loss": F.nll_loss(length_lprobs, length_target), "factor": self.cfg.length_loss_factor}
+        factor = self.cfg.length_loss_factor * self.diffusion.token_weight  # on the objective's own scale
+        terms["length"] = {"loss": F.nll_loss(length_lprobs, length_target), "factor": factor}
         return terms
 
     def decoding_problem(self, src_tokens, src_lengths, *, length_beam: int, noise_beam: int):

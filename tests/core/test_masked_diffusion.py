@@ -56,6 +56,23 @@ def test_uniform_denoiser_bound_is_log_v_per_token(objective, schedule):
         assert float(out.nats_per_token()) == pytest.approx(math.log(V - 1), rel=0.05)
 
 
+@pytest.mark.parametrize("objective,schedule", PAIRS + [("d3pm", "zero-spindle")])
+def test_token_weight_is_the_expected_weight_of_a_tokens_cross_entropy_in_the_loss(objective, schedule):
+    """``loss`` per maskable token of a uniform denoiser is token_weight * log(V-1): what a model's length
+    term is weighed against. d3pm's single-step terms are ~1/T of the continuous-time bounds."""
+    counts_zero = schedule == "zero-spindle"
+    diffusion = make(objective, "spindle" if counts_zero else schedule)
+    if counts_zero:
+        diffusion.schedule.counts.zero_()
+    x0, maskable = data(batch=8192)
+    out = diffusion(uniform, x0, maskable, generator=torch.Generator().manual_seed(3))
+    per_token = float(out.loss) / float(maskable.sum())
+    expected = {"d3pm": 1 / 64 + 1e-2 * 65 / 128}.get(objective, 1.0)
+    assert diffusion.token_weight == pytest.approx(expected)
+    rel = 0.15 if schedule == "cosine" else 0.05
+    assert per_token == pytest.approx(diffusion.token_weight * math.log(V - 1), rel=rel)
+
+
 @pytest.mark.parametrize("objective,schedule", PAIRS)
 def test_padding_is_never_masked_and_loss_is_differentiable(objective, schedule):
     x0, maskable = data(batch=64)
