@@ -14,8 +14,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from bench.common import (BENCH, USER_DIR, config_hash, git_commit, machine, now, read_json, reference_lines,
-                          relative, run_logged, tool, write_json)
+from bench.common import (BENCH, USER_DIR, BenchError, config_hash, git_commit, machine, now, read_json,
+                          reference_lines, relative, run_logged, tool, write_json)
 from bench.models import OPTIMISER, DecodeConfig, Spec, decode_configs
 
 
@@ -230,7 +230,12 @@ def run_full_test(spec: Spec, s: Settings, force: bool = False) -> Optional[Dict
     if result["decode"].get("full_test") and not force:
         print(f"bench: {spec.name}: full test set cached", flush=True)
         return result["decode"]["full_test"]
-    stats = read_json(s.work / "stats" / f"{spec.name}.train.json")
+    stats_file = s.work / "stats" / f"{spec.name}.train.json"
+    stats = read_json(stats_file)
+    if not stats:
+        raise BenchError(f"{spec.name}: no finished training in this work directory ({relative([stats_file])}); "
+                         "--full-test decodes the checkpoints of a run made with the same --work-dir: run the "
+                         "model first (without --full-test)")
     plan = decode_plan(spec, s, stats)
     n_test = len(reference_lines(s.mt_data / "raw" / "test.en"))
     default = next(j for j in plan["jobs"] if j["name"] == f"{plan['default']}_b128")

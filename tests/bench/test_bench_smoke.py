@@ -152,3 +152,13 @@ def test_cost_only_needs_the_ar_model(tmp_path):
     proc = subprocess.run([sys.executable, str(ROOT / "bench" / "run.py"), "--smoke", "--out", str(tmp_path),
                            "--cost-only", "--models", "difformer"], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode != 0 and "--cost-only needs the AR model" in proc.stderr
+
+
+def test_full_test_without_a_training_in_the_work_dir_is_a_one_line_error(tmp_path):
+    """A result committed from another machine has no checkpoints here: --full-test says so, no traceback."""
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "mdlm.json").write_text(json.dumps({"smoke": True, "decode": {"grid": []}}))
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "run.py"), "--smoke", "--out", str(tmp_path),
+                           "--full-test", "--models", "mdlm"], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr
+    assert "mdlm: no finished training in this work directory" in proc.stderr.strip().splitlines()[-1]
