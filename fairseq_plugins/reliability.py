@@ -13,6 +13,11 @@ the update). fairseq shards batch ``b`` of an update to rank ``b % world_size`` 
 batches, ranks draw independent randomness, and a run resumed from a checkpoint draws exactly what the
 uninterrupted run drew.
 
+Validation draws are seeded per batch from ``(seed, the batch's example ids)`` in a forked RNG
+(:func:`validation_seed`), so ``fairseq-validate --seed S`` reports the same Monte-Carlo ELBO every time for
+a checkpoint, whatever the batch order or the number of processes, and validating during training leaves the
+training RNG untouched.
+
 Non-finite losses
 -----------------
 The criterion drops a batch whose loss is NaN/inf, reporting its ids (``criterions/text_diffusion_loss.py``):
@@ -28,6 +33,7 @@ One-line errors for bad input
 - a damaged binarized split: an ``.idx`` that is not a fairseq index, a ``.bin`` whose size does not
   match its index (truncated), token ids outside the dictionary.
 """
+import contextlib
 import logging
 import os
 import re
@@ -46,6 +52,26 @@ logger = logging.getLogger(__name__)
 def micro_batch_seed(seed: int, update: int, index: int) -> int:
     """A well-mixed 63-bit seed from (seed, update, global micro-batch index)."""
     return int(np.random.SeedSequence([seed, update, index]).generate_state(2, np.uint64)[0] >> np.uint64(1))
+
+
+VALIDATION_STREAM = 0x76616C69  # separates validation seeds from any (seed, update, index) of training
+
+
+def validation_seed(seed: int, ids) -> int:
+    """A well-mixed 63-bit seed from (seed, the example ids of a validation batch)."""
+    ids = [int(i) for i in ids]
+    return int(np.random.SeedSequence([seed, VALIDATION_STREAM, *ids]).generate_state(2, np.uint64)[0]
+               >> np.uint64(1))
+
+
+@contextlib.contextmanager
+def seeded_validation(seed: int, sample):
+    """The global torch RNG (and the current CUDA device's) forked, then seeded for this validation batch."""
+    devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+    ids = sample["id"].tolist() if sample and "id" in sample else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(validation_seed(seed, ids))
+        yield
 
 
 class ReliabilityMixin:

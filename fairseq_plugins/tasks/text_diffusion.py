@@ -17,7 +17,7 @@ from omegaconf import II
 
 from fairseq_plugins.errors import DifftextError
 from fairseq_plugins.manifest import bind_data_manifest
-from fairseq_plugins.reliability import ReliabilityMixin
+from fairseq_plugins.reliability import ReliabilityMixin, seeded_validation
 
 SELECTIONS = ChoiceEnum(["score", "mbr-bleu", "mbr-rouge"])
 METHODS = ChoiceEnum(["ddim", "ddpm"])
@@ -99,11 +99,13 @@ class DiffusionTaskMixin(ReliabilityMixin):
             self.building_from_checkpoint = False
 
     def valid_step(self, sample, model, criterion):
-        """The criterion averaged over --elbo-samples Monte-Carlo draws of time and masks."""
+        """The criterion averaged over --elbo-samples Monte-Carlo draws of time and masks, seeded per batch
+        from (--seed, the batch's example ids): a checkpoint's bound is reproducible."""
         k = self.cfg.elbo_samples
         if k < 1:
             raise DifftextError(f"--elbo-samples must be >= 1 (got {k})")
-        results = [super(DiffusionTaskMixin, self).valid_step(sample, model, criterion) for _ in range(k)]
+        with seeded_validation(self.cfg.seed, sample):  # the same draws for a batch on every run
+            results = [super(DiffusionTaskMixin, self).valid_step(sample, model, criterion) for _ in range(k)]
         if k == 1:
             return results[0]
         loss = sum(r[0] for r in results)

@@ -154,31 +154,33 @@ def test_lm_trains_and_validates_an_elbo_bound(lm_bin, lm, arch):
 
 def test_elbo_samples_average_the_monte_carlo_draws(lm_bin, lm):
     """--elbo-samples K: the reported bound is the mean of K draws of time and masks (exactly, in-process),
-    and through fairseq-validate different seeds draw differently."""
+    seeded per batch from (--seed, its example ids): the same seed gives the same bound, another seed another."""
     from fairseq import checkpoint_utils
 
     import fairseq_plugins  # noqa: F401  (registers the task and the safe checkpoint loader)
+    from fairseq.tasks import FairseqTask
+    from fairseq_plugins.criterions.text_diffusion_loss import TextDiffusionLoss
+    from fairseq_plugins.reliability import validation_seed
 
     ckpt = lm["mdlm_lm_tiny"][0]
     models, _, task = checkpoint_utils.load_model_ensemble_and_task([str(ckpt)], arg_overrides={"data": str(lm_bin)})
-    from fairseq_plugins.criterions.text_diffusion_loss import TextDiffusionLoss
-
     criterion = TextDiffusionLoss(task)
     task.load_dataset("valid")
     batch = task.dataset("valid").collater([task.dataset("valid")[i] for i in range(4)])
-    task.cfg.elbo_samples = 1
-    torch.manual_seed(0)
-    singles = [task.valid_step(batch, models[0], criterion)[2] for _ in range(4)]
+    torch.manual_seed(validation_seed(task.cfg.seed, batch["id"].tolist()))
+    singles = [FairseqTask.valid_step(task, batch, models[0], criterion)[2] for _ in range(4)]
+    assert len({s["elbo_nats"] for s in singles}) == 4  # four different draws
     task.cfg.elbo_samples = 4
-    torch.manual_seed(0)
+    state = torch.get_rng_state()
     _, sample_size, four = task.valid_step(batch, models[0], criterion)
+    assert torch.equal(torch.get_rng_state(), state)  # validation leaves the caller's RNG alone
     assert sample_size == 4 and four["ntokens"] == singles[0]["ntokens"]
     assert four["elbo_nats"] == pytest.approx(sum(s["elbo_nats"] for s in singles), rel=1e-6)
     assert four["elbo_tokens"] == sum(s["elbo_tokens"] for s in singles)
-    assert len({s["elbo_nats"] for s in singles}) == 4  # four different draws
 
-    one = [validate(lm_bin, ckpt, "--elbo-samples", "1", "--seed", s)[0] for s in ("1", "2")]
-    assert one[0] != one[1], "different seeds draw different times and masks"
+    runs = [validate(lm_bin, ckpt, "--elbo-samples", "1", "--seed", s)[0] for s in ("1", "1", "2")]
+    assert runs[0] == runs[1], "the same seed draws the same times and masks"
+    assert runs[0] != runs[2], "different seeds draw different times and masks"
 
 
 def test_sample_cli_prints_n_samples_and_speed(lm_bin, lm):
