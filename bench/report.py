@@ -47,6 +47,15 @@ def ratio(a, b) -> Optional[float]:
     return a / b if a is not None and b else None
 
 
+def machine_of(r: Optional[Dict]) -> tuple:
+    """What makes wall-clock figures comparable: processor, cores, torch threads, GPU."""
+    m = (r or {}).get("machine") or {}
+    return m.get("processor"), m.get("cpu_cores"), m.get("torch_threads"), m.get("gpu")
+
+
+INCOMPARABLE = "incomparable"  # a target whose figure comes from another machine than the AR model's
+
+
 class Report:
     def __init__(self, results: Dict[str, Dict], gpu: Optional[Dict], command: str, cost: Optional[Dict] = None):
         self.r, self.gpu, self.command, self.cost_run = results, gpu, command, cost
@@ -54,6 +63,15 @@ class Report:
         self.decoded = {n: r for n, r in self.mt.items() if r.get("decode")}
         self.targets: List[Dict] = []  # {item, target, measured, met, limits}
         self.ar = default_entry(results.get("ar"))
+        self.ar_machine = machine_of(results.get("ar")) if results.get("ar") else None
+
+    def comparable(self, r: Dict) -> bool:
+        """Timed on the AR model's machine: its budget and speed ratios to the AR model mean something."""
+        return self.ar_machine is None or machine_of(r) == self.ar_machine
+
+    def other_machine(self, r: Dict) -> str:
+        return (f"{r['label']} ran on {machine_of(r)[0]}, the AR model on {self.ar_machine[0]}: wall-clock "
+                "ratios between machines mean nothing; train both side by side (`--jobs 2`) to compare")
 
     def target(self, item: str, target: str, measured: str, met: Optional[bool], limits: str = ""):
         self.targets.append({"item": item, "target": target, "measured": measured, "met": met, "limits": limits})
@@ -103,8 +121,9 @@ class Report:
             top = max(d["grid"], key=lambda x: x["sacrebleu"])
             curve = {p["fraction"]: p for p in d["curve"]}
             final = curve.get(max(curve)) if curve else {}
+            share = fmt(ratio(g["sacrebleu"], ar_bleu), 1, pct=True) + ("" if self.comparable(r) else " †")
             rows.append([r["label"], final.get("updates"), fmt(final.get("train_minutes"), 1), d["default"],
-                         g["sentences_b128"], g["sacrebleu"], fmt(ratio(g["sacrebleu"], ar_bleu), 1, pct=True),
+                         g["sentences_b128"], g["sacrebleu"], share,
                          f"{top['sacrebleu']:.2f} ({top['name']})"]
                         + [fmt(curve[f]["sacrebleu"]) if f in curve else "–" for f in fractions])
             fam = r["family"]
@@ -117,6 +136,11 @@ class Report:
             q = ratio(g["sacrebleu"], ar_bleu)
             curve = r["decode"]["curve"]
             gain = curve[-1]["sacrebleu"] - curve[-2]["sacrebleu"] if len(curve) > 1 else None
+            if not self.comparable(r):
+                self.target("2 quality", f"best {fam} >= 85% of AR beam 5 BLEU", f"{r['label']} "
+                            f"{fmt(q, 1, pct=True)} ({g['sacrebleu']:.2f} vs {fmt(ar_bleu)}, another machine)",
+                            INCOMPARABLE, self.other_machine(r))
+                continue
             self.target("2 quality", f"best {fam} >= 85% of AR beam 5 BLEU", f"{r['label']} {fmt(q, 1, pct=True)} "
                         f"({g['sacrebleu']:.2f} vs {fmt(ar_bleu)})", None if q is None else q >= 0.85,
                         f"{curve[-1]['updates'] if curve else '?'} updates in the budget; BLEU still changed by "
@@ -130,6 +154,9 @@ class Report:
                  "fractions of the budget, columns) are on the grid's sentences (`--grid-shards`: every k-th batch "
                  "of fairseq's length-ordered batches, so shard 0 holds the shortest sentences). Figure: "
                  "[learning_curves.png](results/learning_curves.png).", ""]
+        if any(not self.comparable(r) for r in self.decoded.values()):
+            lines[-1:-1] = ["† trained on another machine than the AR model (see `machine` in its JSON): its budget "
+                            "bought a different number of updates, so its % of AR is not a comparison.", ""]
         return lines + table(head + [f"BLEU at {f:g} budget" for f in fractions], rows)
 
     # --- 3. speed vs quality ------------------------------------------------------------------------------------
@@ -145,20 +172,29 @@ class Report:
             grid = r["decode"]["grid"]
             best = max(g["sacrebleu"] for g in grid)
             rows = []
+            same = self.comparable(r)
+            mark = "" if same else " †"
             for g in grid:
                 q128, q1 = ratio(g["sentences_per_s_b128"], ar128), ratio(g["sentences_per_s_b1"], ar1)
-                rows.append([g["name"], g["sacrebleu"], g["sentences_per_s_b128"], fmt(q128), g["sentences_per_s_b1"],
-                             fmt(q1)])
-                if r["family"] in ("continuous", "discrete") and q128 and q128 >= 1.0 and g["sacrebleu"] >= 0.9 * best:
+                rows.append([g["name"], g["sacrebleu"], g["sentences_per_s_b128"], fmt(q128) + mark,
+                             g["sentences_per_s_b1"], fmt(q1) + mark])
+                if same and r["family"] in ("continuous", "discrete") and q128 and q128 >= 1.0 \
+                        and g["sacrebleu"] >= 0.9 * best:
                     any_fast.append(f"{r['label']} {g['name']} ({q128:.2f}x, {g['sacrebleu']:.2f} BLEU)")
             lines += [f"**{r['label']}** (sentences decoded: {grid[0]['sentences_b128']} at batch 128, "
-                      f"{grid[0]['sentences_b1']} at batch 1)", ""]
+                      f"{grid[0]['sentences_b1']} at batch 1)" + ("" if same else "; † decoded on another machine "
+                                                                 "than the AR model: its ratios are not comparisons"),
+                      ""]
             lines += table(["setting", "sacreBLEU", "sent/s b128", "x AR b128", "sent/s b1", "x AR b1"], rows) + [""]
         dif = self.r.get("difformer")
         for setting, goal in (("s20_k3_m1_score", 1.0), ("s20_k7_m3_mbr-bleu", 0.3)):
             g = grid_entry(dif, setting)
             for b, ref in (("b128", ar128), ("b1", ar1)):
                 q = ratio(g[f"sentences_per_s_{b}"], ref) if g else None
+                if g and not self.comparable(dif):
+                    self.target("3 decoding speed", f"Difformer {setting} >= {goal}x AR at {b}",
+                                f"{fmt(q)}x (another machine)", INCOMPARABLE, self.other_machine(dif))
+                    continue
                 self.target("3 decoding speed", f"Difformer {setting} >= {goal}x AR at {b}", f"{fmt(q)}x",
                             None if q is None else q >= goal, self._limits(dif, g))
         diffusion = [r for r in self.decoded.values() if r["family"] in ("continuous", "discrete")]
@@ -301,13 +337,17 @@ class Report:
         return lines + [""]
 
     def summary(self) -> List[str]:
-        rows = [[t["item"], t["target"], t["measured"], {True: "met", False: "**not met**", None: "not measured"}
-                 [t["met"]]] for t in self.targets]
+        status = {True: "met", False: "**not met**", None: "not measured", INCOMPARABLE: "not comparable"}
+        rows = [[t["item"], t["target"], t["measured"], status[t["met"]]] for t in self.targets]
         lines = ["## Targets", ""] + table(["item", "target", "measured", ""], rows)
         missed = [t for t in self.targets if t["met"] is False]
         if missed:
             lines += ["", "Targets not met, with the measured figure and what limits it:", ""]
             lines += [f"- {t['target']}: measured {t['measured']}. {t['limits']}" for t in missed]
+        apart = [t for t in self.targets if t["met"] == INCOMPARABLE]
+        if apart:
+            lines += ["", "Targets whose figure comes from another machine than the AR model's:", ""]
+            lines += [f"- {t['target']}: {t['measured']}. {t['limits']}" for t in apart]
         return lines + [""]
 
     def commands(self) -> List[str]:

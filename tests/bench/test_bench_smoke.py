@@ -162,3 +162,31 @@ def test_full_test_without_a_training_in_the_work_dir_is_a_one_line_error(tmp_pa
                            "--full-test", "--models", "mdlm"], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr
     assert "mdlm: no finished training in this work directory" in proc.stderr.strip().splitlines()[-1]
+
+
+def _result(name, family, bleu, speed, processor):
+    grid = [{"name": "s5", "sacrebleu": bleu, "sentences_per_s_b128": speed, "sentences_per_s_b1": speed / 10,
+             "sentences_b128": 128, "sentences_b1": 10}]
+    return {"model": name, "label": name.upper(), "family": family,
+            "machine": {"processor": processor, "cpu_cores": 2, "torch_threads": 1, "gpu": None},
+            "train": {}, "decode": {"default": "s5", "grid": grid, "curve": [{"fraction": 1.0, "sacrebleu": bleu,
+                                                                              "updates": 100, "train_minutes": 45.0}]}}
+
+
+def test_report_does_not_compare_models_timed_on_another_machine():
+    """A model trained on another machine than the AR model gets no % of AR or speed ratio as a verdict."""
+    from bench.report import INCOMPARABLE, Report
+
+    results = {"ar": _result("ar", "ar", 40.0, 100.0, "Xeon"),
+               "difformer": _result("difformer", "continuous", 36.0, 150.0, "EPYC"),
+               "mdlm": _result("mdlm", "discrete", 30.0, 120.0, "Xeon")}
+    rep = Report(results, None, "cmd")
+    quality, speed = "\n".join(rep.quality()), "\n".join(rep.speed())
+    verdicts = {t["target"]: t["met"] for t in rep.targets}
+    assert verdicts["best continuous >= 85% of AR beam 5 BLEU"] == INCOMPARABLE  # 90%, but on another machine
+    assert verdicts["best discrete >= 85% of AR beam 5 BLEU"] is False  # 75%, same machine
+    assert "| 90.0% † |" in quality and "| 75.0% |" in quality
+    fast = next(t for t in rep.targets if t["target"].startswith("a diffusion setting"))
+    assert fast["met"] and "MDLM" in fast["measured"] and "DIFFORMER" not in fast["measured"]
+    assert "1.50 †" in speed and "1.20 |" in speed
+    assert "Targets whose figure comes from another machine" in "\n".join(rep.summary())
