@@ -86,7 +86,8 @@ def check_sizes(bert_cfg, stack) -> None:
                 f"set {name.split('(')[1].rstrip(')')} to match BERT"
             )
     if stack.final_norm is not None:
-        raise DifftextError("--bert-init: BERT is post-norm; drop --normalize-before")
+        raise DifftextError("--bert-init: BERT is post-norm but this model is pre-norm (--normalize-before, or an "
+                            "mdlm/md4/genmd4 LM preset); use a diffusionbert_* arch or drop --normalize-before")
 
 
 def _copy_linear(dst, src) -> None:
