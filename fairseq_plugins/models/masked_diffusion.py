@@ -337,7 +337,7 @@ LM_SIZES = {  # base: BERT-base / the DiT of MDLM (12 layers, d 768, 12 heads)
 # Layer norm placement of the LM presets. MDLM (DiT blocks) and MD4 use pre-norm transformers; DiffusionBERT is
 # BERT (post-norm). A post-norm 6-layer LM here never learned to use its context: on Brown its bound stayed at the
 # unigram level (~6.6 nats) for 4000 updates, the residual stream grew to std 11-16 before the middle layers'
-# LayerNorms, and the first layers' gradients were 1e-7 of the last layer's (bench/budget45/results/notes.md).
+# LayerNorms, and the first layers' gradients were 1e-8 against the last layer's 0.2 (bench/budget45/results/notes.md).
 LM_NORM = {"mdlm": dict(normalize_before=True), "md4": dict(normalize_before=True),
            "genmd4": dict(normalize_before=True), "diffusionbert": dict(normalize_before=False)}
 

@@ -2,8 +2,8 @@
 
 A post-norm 6-layer LM (the presets before pre-norm) never did: on Brown its bound stayed at the unigram level
 for 4000 updates and predicting a token with 5% of the sequence masked cost as much as with all of it masked.
-Here the shipped ``*_lm_small`` presets train for a few hundred steps on sequences whose next token follows from
-the previous ones (an arithmetic progression over 40 word types with a stride of 1-3), so a model that reads its
+Here the presets place the layer norm as their papers do, and the shipped ``mdlm_lm_small`` trains for a few
+hundred steps on sequences whose next token follows from the previous ones (an arithmetic progression over 40 word types with a stride of 1-3), so a model that reads its
 context predicts a lightly-masked sequence far better than a fully-masked one.
 """
 import types
