@@ -63,6 +63,10 @@ def load_bert(path: str):
 
 
 def check_sizes(bert_cfg, stack) -> None:
+    if stack.positions is None:
+        raise DifftextError("--bert-init: BERT has learned absolute positions but this model uses rotary ones "
+                            "(--position-encoding rotary, or an mdlm/md4/genmd4 LM preset); use a diffusionbert_* "
+                            "arch or --position-encoding learned")
     layer = stack.layers[0]
     ours = {
         "hidden_size (--model-dim)": stack.positions.embedding_dim,

@@ -69,7 +69,8 @@ class DiffuSeqModel(EmbeddingDiffusionModel):
         """Concatenate right-padded source and the fixed-length target region.
 
         -> tokens (B, S+R), source mask (B, S+R) True on source positions, padding mask (B, S+R)
-        True on source padding only, positions (B, S+R) contiguous over real tokens.
+        True on source padding only (the stack counts positions over the real tokens, so the target region
+        starts right after the last source token).
         """
         src = utils.convert_padding_direction(src_tokens, self.pad, left_to_right=True)
         bsz, region = src.size(0), self.cfg.max_target_positions
@@ -85,25 +86,24 @@ class DiffuSeqModel(EmbeddingDiffusionModel):
         src_pad = src.eq(self.pad)
         padding = torch.cat([src_pad, torch.zeros_like(tgt, dtype=torch.bool)], dim=1)
         is_src = torch.cat([torch.ones_like(src, dtype=torch.bool), torch.zeros_like(tgt, dtype=torch.bool)], 1)
-        positions = (~padding).long().cumsum(-1) * (~padding).long()
-        return tokens, is_src, padding, positions
+        return tokens, is_src, padding
 
-    def denoise(self, z_t, t, z0_self_cond, padding, positions):
+    def denoise(self, z_t, t, z0_self_cond, padding):
         x = z_t
         if self.self_conditioning:
             x = torch.cat([z_t, torch.zeros_like(z_t) if z0_self_cond is None else z0_self_cond], dim=-1)
         time = self.time((t.float() + 1) / self.diffusion.num_steps).unsqueeze(1)  # (B, 1, C)
-        return self.out_proj(self.stack(self.in_proj(x) + time, padding, positions=positions))
+        return self.out_proj(self.stack(self.in_proj(x) + time, padding))
 
     # --- training ------------------------------------------------------------------------------
     def forward(self, src_tokens, src_lengths, prev_output_tokens=None, tgt_tokens=None, **unused):
-        tokens, is_src, padding, positions = self.layout(src_tokens, tgt_tokens)
+        tokens, is_src, padding = self.layout(src_tokens, tgt_tokens)
         region = ~is_src  # loss on the whole target region, pads included
         z0 = self.embed_latent(tokens)  # (B, S+R, D)
         t, weights = self.sample_time(tokens.size(0), tokens.device)
         z_t = self.diffusion.q_sample(z0, t, keep_mask=is_src)
-        z0_self_cond = self.self_condition_input(lambda sc: self.denoise(z_t, t, sc, padding, positions))
-        z0_hat = self.denoise(z_t, t, z0_self_cond, padding, positions)
+        z0_self_cond = self.self_condition_input(lambda sc: self.denoise(z_t, t, sc, padding))
+        z0_hat = self.denoise(z_t, t, z0_self_cond, padding)
         mse = masked_mse(z0_hat, z0, region)
         rounding = token_nll(self.output_logits(z0), tokens, region, self.cfg.label_smoothing)
         t_T = prior_loss(z0, float(self.diffusion.a[-1]), region)
@@ -119,10 +119,10 @@ class DiffuSeqModel(EmbeddingDiffusionModel):
     def decoding_problem(self, src_tokens, src_lengths, *, length_beam: int, noise_beam: int) -> DecodingProblem:
         """M noise samples per sentence; the length is where the first eos/pad is generated."""
         owner = torch.arange(src_tokens.size(0), device=src_tokens.device).repeat_interleave(noise_beam)
-        tokens, is_src, padding, positions = (x.index_select(0, owner) for x in self.layout(src_tokens))
+        tokens, is_src, padding = (x.index_select(0, owner) for x in self.layout(src_tokens))
 
         def denoise_fn(z_t, t, z0_self_cond):
-            return self.denoise(z_t, t, z0_self_cond, padding, positions)
+            return self.denoise(z_t, t, z0_self_cond, padding)
 
         return DecodingProblem(
             shape=(owner.numel(), tokens.size(1), self.cfg.latent_dim),

@@ -13,6 +13,7 @@ from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from fairseq.models.transformer import TransformerConfig
 from fairseq.utils import safe_getattr
 from fairseq.modules import LayerNorm
+from fairseq.modules.rotary_positional_embedding import apply_rotary_pos_emb
 from fairseq.modules.transformer_layer import TransformerDecoderLayerBase, TransformerEncoderLayerBase
 from torch import nn
 
@@ -49,6 +50,10 @@ class StackConfig(FairseqDataclass):
     activation_dropout: float = field(default=0.0, metadata={"help": "dropout after the FFN activation"})
     max_source_positions: int = field(default=256, metadata={"help": "maximum source length (tokens)"})
     max_target_positions: int = field(default=256, metadata={"help": "maximum target length (tokens)"})
+    position_encoding: ChoiceEnum(["learned", "rotary"]) = field(
+        default="learned", metadata={"help": "learned absolute positions added to the input, or rotary positions "
+                                     "in every self-attention (RoFormer; MDLM's DiT and MD4's transformer)"}
+    )
 
 
 def layer_config(args, *, layers: int) -> TransformerConfig:
@@ -80,9 +85,15 @@ class Stack(nn.Module):
             self.layers = nn.ModuleList(TransformerDecoderLayerBase(cfg) for _ in range(layers))
         else:
             self.layers = nn.ModuleList(TransformerEncoderLayerBase(cfg) for _ in range(layers))
-        self.positions = nn.Embedding(max_positions + 1, args.model_dim, padding_idx=0)  # learned, 1-based
-        nn.init.normal_(self.positions.weight, std=args.model_dim**-0.5)
-        nn.init.zeros_(self.positions.weight[0])
+        self.rotary = safe_getattr(args, "position_encoding", "learned") == "rotary"
+        if self.rotary:  # positions enter through every self-attention's queries and keys
+            self.positions = None
+            for layer in self.layers:
+                layer.self_attn = RotarySelfAttention(layer.self_attn)
+        else:
+            self.positions = nn.Embedding(max_positions + 1, args.model_dim, padding_idx=0)  # learned, 1-based
+            nn.init.normal_(self.positions.weight, std=args.model_dim**-0.5)
+            nn.init.zeros_(self.positions.weight[0])
         self.input_norm = LayerNorm(args.model_dim)
         self.final_norm = LayerNorm(args.model_dim) if args.normalize_before else None
         self.dropout = nn.Dropout(args.dropout)
@@ -92,7 +103,6 @@ class Stack(nn.Module):
         x: torch.Tensor,
         padding_mask: torch.Tensor,
         *,
-        positions: Optional[torch.Tensor] = None,
         memory: Optional[torch.Tensor] = None,
         memory_padding_mask: Optional[torch.Tensor] = None,
         layer_bias: Optional[torch.Tensor] = None,
@@ -101,9 +111,9 @@ class Stack(nn.Module):
 
         layer_bias: (B, 1, C) added to the input of every layer (layer-wise time embedding).
         """
-        if positions is None:  # 1-based positions of real tokens; padding (index 0) embeds to zero
-            positions = (~padding_mask).long().cumsum(-1) * (~padding_mask).long()
-        x = self.dropout(self.input_norm(x + self.positions(positions)))
+        if not self.rotary:  # 1-based positions counted over the real tokens; padding (index 0) embeds to zero
+            x = x + self.positions((~padding_mask).long().cumsum(-1) * (~padding_mask).long())
+        x = self.dropout(self.input_norm(x))
         x = x.transpose(0, 1)  # (L, B, C)
         bias = None if layer_bias is None else layer_bias.transpose(0, 1)  # (1, B, C)
         for layer in self.layers:
@@ -116,6 +126,55 @@ class Stack(nn.Module):
         if self.final_norm is not None:
             x = self.final_norm(x)
         return x.transpose(0, 1)
+
+
+class RotarySelfAttention(nn.Module):
+    """Self-attention with rotary position embeddings (Su et al., RoFormer), taking over the projections of a
+    fairseq ``MultiheadAttention`` (same parameter names, so state dicts keep their keys).
+
+    Queries and keys are rotated by the angle of their token's position, so attention scores depend on
+    relative positions only. Positions are counted over the real tokens (from the key padding mask), so left or
+    right padding does not move them. Called as fairseq's layers call their ``self_attn``.
+    """
+
+    def __init__(self, attention, base: float = 10000.0):
+        super().__init__()
+        self.num_heads, self.head_dim = attention.num_heads, attention.head_dim
+        self.q_proj, self.k_proj, self.v_proj, self.out_proj = (
+            attention.q_proj, attention.k_proj, attention.v_proj, attention.out_proj)
+        self.dropout = attention.dropout_module.p
+        self.register_buffer(
+            "inv_freq", base ** (-torch.arange(0, self.head_dim, 2, dtype=torch.float) / self.head_dim),
+            persistent=False)
+
+    def _get_input_buffer(self, incremental_state):  # fairseq's decoder layer asks; there is no cache
+        if incremental_state is not None:
+            raise DifftextError("rotary self-attention keeps no incremental decoding state")
+        return {}
+
+    def forward(self, query, key=None, value=None, key_padding_mask=None, attn_mask=None, **unused):
+        """query (L, B, C) time-first; key_padding_mask (B, L) True at padding. -> ((L, B, C), None)."""
+        if (key is not None and key is not query) or attn_mask is not None or unused.get("incremental_state"):
+            raise DifftextError("rotary positions are implemented for full bidirectional self-attention only; "
+                                "use --position-encoding learned")
+        length, batch, dim = query.shape
+        if key_padding_mask is None:
+            positions = torch.arange(length, device=query.device).expand(batch, length)
+        else:
+            positions = (~key_padding_mask).long().cumsum(-1)
+        angles = positions.t().unsqueeze(-1).float() * self.inv_freq  # (L, B, dh/2)
+        angles = torch.cat([angles, angles], -1).unsqueeze(2)  # (L, B, 1, dh), the halves rotate_half pairs
+        cos, sin = angles.cos().to(query.dtype), angles.sin().to(query.dtype)
+
+        def heads(x):  # (L, B, C) -> (L, B, H, dh)
+            return x.view(length, batch, self.num_heads, self.head_dim)
+
+        q, k = apply_rotary_pos_emb(heads(self.q_proj(query)), heads(self.k_proj(query)), cos, sin)
+        v = heads(self.v_proj(query))
+        q, k, v = (x.permute(1, 2, 0, 3) for x in (q, k, v))  # (B, H, L, dh)
+        keep = None if key_padding_mask is None else ~key_padding_mask[:, None, None, :]
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=keep, dropout_p=self.dropout if self.training else 0.0)
+        return self.out_proj(out.permute(2, 0, 1, 3).reshape(length, batch, dim)), None
 
 
 class LengthPredictor(nn.Linear):

@@ -334,12 +334,15 @@ LM_SIZES = {  # base: BERT-base / the DiT of MDLM (12 layers, d 768, 12 heads)
     "tiny": dict(model_dim=32, ffn_dim=64, attention_heads=2, layers=2, max_target_positions=128),
 }
 
-# Layer norm placement of the LM presets. MDLM (DiT blocks) and MD4 use pre-norm transformers; DiffusionBERT is
-# BERT (post-norm). A post-norm 6-layer LM here never learned to use its context: on Brown its bound stayed at the
-# unigram level (~6.6 nats) for 4000 updates, the residual stream grew to std 11-16 before the middle layers'
-# LayerNorms, and the first layers' gradients were 1e-8 against the last layer's 0.2 (bench/budget45/results/notes.md).
-LM_NORM = {"mdlm": dict(normalize_before=True), "md4": dict(normalize_before=True),
-           "genmd4": dict(normalize_before=True), "diffusionbert": dict(normalize_before=False)}
+# Layer norm placement and positions of the LM presets. MDLM (DiT blocks) and MD4 use pre-norm transformers with
+# rotary positions; DiffusionBERT is BERT (post-norm, learned absolute positions, which --bert-init copies).
+# Post-norm, the 6-layer LM never learned to use its context: on Brown its bound stayed at the unigram level
+# (~6.6 nats) for 4000 updates, and the first layers' gradients were 1e-8 against the last layer's 0.2. Pre-norm
+# with learned positions still sat on that plateau after 1500 updates (CE of a token 6.80 nats with 15% of the
+# block masked, 6.82 with all of it); with rotary positions it left it within 750 (6.15 against 6.82 at 1000
+# updates). bench/budget45/results/notes.md has the runs.
+LM_STACK = {paper: dict(normalize_before=True, position_encoding="rotary") for paper in ("mdlm", "md4", "genmd4")}
+LM_STACK["diffusionbert"] = dict(normalize_before=False, position_encoding="learned")
 
 
 def _register_presets():
@@ -347,7 +350,7 @@ def _register_presets():
         for size, dims in SEQ2SEQ_SIZES.items():
             _register("masked_diffusion", f"{paper}_{size}", {**options, **dims}, paper, size)
         for size, dims in LM_SIZES.items():
-            _register("masked_diffusion_lm", f"{paper}_lm_{size}", {**options, **dims, **LM_NORM[paper]}, paper, size)
+            _register("masked_diffusion_lm", f"{paper}_lm_{size}", {**options, **dims, **LM_STACK[paper]}, paper, size)
 
 
 def _register(model: str, name: str, defaults: dict, paper: str, size: str):

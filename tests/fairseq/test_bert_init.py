@@ -89,3 +89,12 @@ def test_a_directory_without_a_bert_is_a_one_line_error(dictionary, tmp_path):
                            dictionary)
     with pytest.raises(DifftextError, match="not a Hugging Face BERT directory"):
         lm.initialise_from_bert([lm.stack])
+
+
+def test_a_rotary_model_is_a_one_line_error(dictionary, bert):
+    path, _, _ = bert
+    lm = MaskedDiffusionLM(MaskedLMConfig(layers=2, max_target_positions=128, position_encoding="rotary", **SIZE),
+                           dictionary)
+    lm.cfg.bert_init = str(path)
+    with pytest.raises(DifftextError, match="uses rotary ones"):
+        lm.initialise_from_bert([lm.stack])

@@ -2,9 +2,11 @@
 
 A post-norm 6-layer LM (the presets before pre-norm) never did: on Brown its bound stayed at the unigram level
 for 4000 updates and predicting a token with 5% of the sequence masked cost as much as with all of it masked.
-Here the presets place the layer norm as their papers do, and the shipped ``mdlm_lm_small`` trains for a few
-hundred steps on sequences whose next token follows from the previous ones (an arithmetic progression over 40 word types with a stride of 1-3), so a model that reads its
-context predicts a lightly-masked sequence far better than a fully-masked one.
+Pre-norm with learned positions still sat on the plateau after 1500 updates; rotary positions left it within
+750. Here the presets build the transformer of their papers (layer norm placement, positions), and the shipped
+``mdlm_lm_small`` trains for a few hundred steps on sequences whose next token follows from the previous ones (an
+arithmetic progression over 40 word types with a stride of 1-3), so a model that reads its context predicts a
+lightly-masked sequence far better than a fully-masked one.
 """
 import types
 
@@ -68,12 +70,18 @@ def train(cfg, steps=300):
     return model, dictionary
 
 
-@pytest.mark.parametrize("paper,pre_norm", [("mdlm", True), ("md4", True), ("genmd4", True), ("diffusionbert", False)])
-def test_lm_presets_place_layer_norm_as_their_papers(paper, pre_norm):
-    # MDLM (DiT blocks) and MD4 are pre-norm transformers; DiffusionBERT is BERT, post-norm (--bert-init needs it)
+@pytest.mark.parametrize("paper,pre_norm,positions", [
+    ("mdlm", True, "rotary"), ("md4", True, "rotary"), ("genmd4", True, "rotary"), ("diffusionbert", False, "learned"),
+])
+def test_lm_presets_build_the_transformer_of_their_papers(paper, pre_norm, positions):
+    # MDLM (DiT blocks) and MD4 are pre-norm transformers with rotary positions; DiffusionBERT is BERT: post-norm
+    # with learned positions (--bert-init copies both)
     for size in ("tiny", "small", "base"):
-        assert model_config(f"{paper}_lm_{size}").normalize_before is pre_norm
-    assert model_config(f"{paper}_small").normalize_before is False  # seq2seq presets: unchanged
+        cfg = model_config(f"{paper}_lm_{size}")
+        assert (cfg.normalize_before, cfg.position_encoding) == (pre_norm, positions)
+    seq2seq = model_config(f"{paper}_small")  # seq2seq presets: unchanged
+    assert (seq2seq.normalize_before, seq2seq.position_encoding) == (False, "learned")
+    assert model_config(f"{paper}_lm_small", "--position-encoding", "learned").position_encoding == "learned"
 
 
 @pytest.mark.slow
