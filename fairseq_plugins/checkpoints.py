@@ -272,13 +272,34 @@ def _translate(exc: Exception, path: Any) -> Optional[Exception]:
     )
 
 
+def upgrade_model_config(state: dict) -> dict:
+    """Options a checkpoint predates, set to what it was trained with (before the arch presets fill them).
+
+    ``position_encoding`` (added with rotary positions, which the masked-diffusion LM presets now default to):
+    a checkpoint whose model has a learned position table and no such field was trained with learned positions.
+    """
+    cfg = state.get("cfg") if isinstance(state, dict) else None
+    model_cfg = cfg.get("model") if cfg is not None and hasattr(cfg, "get") else None
+    weights = state.get("model") or {}
+    if model_cfg is not None and hasattr(model_cfg, "get") and model_cfg.get("position_encoding") is None \
+            and any(name.endswith("positions.weight") for name in weights):
+        from omegaconf import DictConfig, open_dict
+
+        if isinstance(model_cfg, DictConfig):
+            with open_dict(model_cfg):
+                model_cfg.position_encoding = "learned"
+        else:
+            model_cfg["position_encoding"] = "learned"
+    return state
+
+
 def _wrap(original):
     @functools.wraps(original)
     def load_checkpoint_to_cpu(path, *args, **kwargs):
         # Re-registering is cheap and survives torch.serialization.clear_safe_globals().
         allow_fairseq_checkpoint_types()
         try:
-            return original(path, *args, **kwargs)
+            return upgrade_model_config(original(path, *args, **kwargs))
         except Exception as exc:
             clear = _translate(exc, path)
             if clear is None:

@@ -62,6 +62,10 @@ def test_smoke_suite_end_to_end(tmp_path):
             v = r["lm"]["validate"]
             assert v and all(number(x["ppl"]) and x["ppl"] > 1 for x in v)
             assert number(r["lm"]["sampling"].get("samples_per_s")), r["lm"]["sampling"]
+            if r["family"] == "lm_discrete":  # the context check: CE of a masked token at 15/50/100% masked
+                c = r["lm"]["context"]
+                assert c["blocks"] > 0 and all(number(c[f"ce_nats_{p}pct_masked"]) and c[f"ce_nats_{p}pct_masked"] > 0
+                                               for p in (15, 50, 100)), c
         else:
             check_decode(r["decode"])
 
@@ -72,6 +76,7 @@ def test_smoke_suite_end_to_end(tmp_path):
     for name in SMOKE_MODELS:
         assert f"| {results[name]['label']} |" in md
     assert "| 1 training cost | Difformer: <= 1.20x AR" in md and "| 5 language model | MDLM LM" in md
+    assert "CE 15% / 100% masked" in md
     for png in ("training_cost", "speed_quality", "learning_curves", "lm_bound"):
         data = (out / "results" / f"{png}.png").read_bytes()
         assert data.startswith(PNG) and len(data) > 5000, png

@@ -407,3 +407,19 @@ def test_python_api_and_averaging_refuse_a_malicious_checkpoint(data_bin, tmp_pa
         average_checkpoints.main(["--inputs", str(path), "--output", str(tmp_path / "avg.pt")])
     assert str(info.value).startswith(f"average_checkpoints: error: refusing to load checkpoint {path}")
     assert not (tmp_path / "avg.pt").exists() and not sentinel.exists()
+
+
+def test_a_checkpoint_from_before_position_encoding_keeps_its_learned_positions():
+    from omegaconf import OmegaConf
+
+    def state(model_cfg, weights):
+        return {"cfg": OmegaConf.create({"model": model_cfg}), "model": dict.fromkeys(weights)}
+
+    # an LM preset now defaults to rotary; a checkpoint trained before with a position table must stay learned
+    old = ckpt_mod.upgrade_model_config(state({"_name": "mdlm_lm_small"}, ["embed.weight", "stack.positions.weight"]))
+    assert old["cfg"].model.position_encoding == "learned"
+    rotary = ckpt_mod.upgrade_model_config(state({"_name": "mdlm_lm_small"}, ["embed.weight"]))
+    assert "position_encoding" not in rotary["cfg"].model
+    chosen = ckpt_mod.upgrade_model_config(
+        state({"_name": "x", "position_encoding": "rotary"}, ["encoder.positions.weight"]))
+    assert chosen["cfg"].model.position_encoding == "rotary"
