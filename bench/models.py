@@ -135,7 +135,7 @@ def specs(size: str) -> Dict[str, Spec]:
         Spec("difformer", "Difformer", "continuous", td, (*difformer, "--self-condition-prob", "0"), crit,
              decode_flags=CONTINUOUS),
         Spec("difformer_sc", "Difformer + self-conditioning", "continuous", td,
-             (*difformer, "--self-condition-prob", "0.5"), crit, cost_only=True, self_conditioning=True),
+             (*difformer, "--self-condition-prob", "0.5"), crit, decode_flags=CONTINUOUS, self_conditioning=True),
         Spec("diffuseq", "DiffuSeq", "continuous", td, ("--arch", f"diffuseq_{size}"), crit, decode_flags=CONTINUOUS),
     ]
     for name, label in (("mdlm", "MDLM"), ("md4", "MD4"), ("genmd4", "GenMD4"), ("diffusionbert", "DiffusionBERT")):
