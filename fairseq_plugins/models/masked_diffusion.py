@@ -338,8 +338,8 @@ LM_SIZES = {  # base: BERT-base / the DiT of MDLM (12 layers, d 768, 12 heads)
 # rotary positions; DiffusionBERT is BERT (post-norm, learned absolute positions, which --bert-init copies).
 # Post-norm, the 6-layer LM never learned to use its context: on Brown its bound stayed at the unigram level
 # (~6.6 nats) for 4000 updates, and the first layers' gradients were 1e-8 against the last layer's 0.2. Pre-norm
-# with learned positions still sat on that plateau after 1500 updates (CE of a token 6.80 nats with 15% of the
-# block masked, 6.82 with all of it); with rotary positions it left it within 750 (6.15 against 6.82 at 1000
+# with learned positions still sat on that plateau after 1250 updates (CE of a masked token 6.81 nats with 15% of
+# the block masked, 6.81 with all of it); with rotary positions it left it within 750 (6.15 against 6.82 at 1000
 # updates). bench/budget45/results/notes.md has the runs.
 LM_STACK = {paper: dict(normalize_before=True, position_encoding="rotary") for paper in ("mdlm", "md4", "genmd4")}
 LM_STACK["diffusionbert"] = dict(normalize_before=False, position_encoding="learned")

@@ -2,7 +2,7 @@
 
 A post-norm 6-layer LM (the presets before pre-norm) never did: on Brown its bound stayed at the unigram level
 for 4000 updates and predicting a token with 5% of the sequence masked cost as much as with all of it masked.
-Pre-norm with learned positions still sat on the plateau after 1500 updates; rotary positions left it within
+Pre-norm with learned positions still sat on the plateau after 1250 updates; rotary positions left it within
 750. Here the presets build the transformer of their papers (layer norm placement, positions), and the shipped
 ``mdlm_lm_small`` trains for a few hundred steps on sequences whose next token follows from the previous ones (an
 arithmetic progression over 40 word types with a stride of 1-3), so a model that reads its context predicts a
