@@ -10,7 +10,7 @@ every K and seed gives the ELBO bound ``nelbo`` (nats/token) and ``ppl`` = exp(n
 at each K shows how many Monte-Carlo time samples the bound needs. The AR transformer LM is exact: one run,
 fairseq's ``loss`` in bits/token and ``ppl`` = 2**loss. Samples/s: ``fairseq_plugins.sample`` (diffusion) or
 fairseq's SequenceGenerator with unrestricted sampling (AR), sequences of ``length`` tokens, timed here.
-Context check (masked-diffusion LMs): the cross-entropy of masked tokens in the first 64 validation blocks when
+Context check (masked-diffusion LMs): the cross-entropy of masked tokens in the first 64 whole validation blocks when
 15%, 50% and all of each block is masked. A model that reads its context predicts a lightly-masked token far
 better than a fully-masked one; equal figures mean it sits at the unigram level.
 """
@@ -104,7 +104,10 @@ def context_check(plan, blocks: int = 64):
     model, task = sampler.load_language_model(plan["checkpoint"], plan["data"], torch.device("cpu"))
     task.load_dataset("valid")
     data = task.dataset("valid")
-    x = torch.stack([data[i]["target"] for i in range(min(blocks, len(data)))])
+    full = [t for t in (data[i]["target"] for i in range(len(data))) if len(t) == task.args.tokens_per_sample]
+    if not full:
+        return {"error": f"no validation block of {task.args.tokens_per_sample} tokens"}
+    x = torch.stack(full[:blocks])  # whole blocks only (the last block of a split is shorter)
     out = {"blocks": len(x), "tokens_per_block": x.size(1)}
     generator = torch.Generator().manual_seed(0)
     for rate in CONTEXT_RATES:

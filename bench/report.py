@@ -255,8 +255,8 @@ class Report:
             q = ratio(main["mean"], ar_ppl) if r["family"] == "lm_discrete" else None
             s = r["lm"].get("sampling") or {}
             c = r["lm"].get("context") or {}
-            reads = (f"{c['ce_nats_15pct_masked']:.2f} / {c['ce_nats_100pct_masked']:.2f}"
-                     if c else ("–" if r["family"] == "lm_ar" else "not measured"))
+            reads = (f"{c['ce_nats_15pct_masked']:.2f} / {c['ce_nats_100pct_masked']:.2f}" if "blocks" in c
+                     else c.get("error") or ("–" if r["family"] == "lm_ar" else "not measured"))
             rows.append([r["label"], r["train"].get("parameters"), r["train"]["updates"], main["mean"],
                          "exact" if r["family"] == "lm_ar" else f"bound, K={main['k']}", fmt(q), reads,
                          s.get("samples_per_s") if "error" not in s else f"failed: {s['error']}"])
