@@ -15,6 +15,7 @@ Context check (masked-diffusion LMs): the cross-entropy of masked tokens in the 
 better than a fully-masked one; equal figures mean it sits at the unigram level.
 """
 import argparse
+import itertools
 import json
 import logging
 import sys
@@ -104,10 +105,11 @@ def context_check(plan, blocks: int = 64):
     model, task = sampler.load_language_model(plan["checkpoint"], plan["data"], torch.device("cpu"))
     task.load_dataset("valid")
     data = task.dataset("valid")
-    full = [t for t in (data[i]["target"] for i in range(len(data))) if len(t) == task.args.tokens_per_sample]
+    whole = (t for t in (data[i]["target"] for i in range(len(data))) if len(t) == task.args.tokens_per_sample)
+    full = list(itertools.islice(whole, blocks))  # whole blocks only (the last block of a split is shorter)
     if not full:
         return {"error": f"no validation block of {task.args.tokens_per_sample} tokens"}
-    x = torch.stack(full[:blocks])  # whole blocks only (the last block of a split is shorter)
+    x = torch.stack(full)
     out = {"blocks": len(x), "tokens_per_block": x.size(1)}
     generator = torch.Generator().manual_seed(0)
     for rate in CONTEXT_RATES:

@@ -111,8 +111,8 @@ class Stack(nn.Module):
 
         layer_bias: (B, 1, C) added to the input of every layer (layer-wise time embedding).
         """
-        if not self.rotary:  # 1-based positions counted over the real tokens; padding (index 0) embeds to zero
-            x = x + self.positions((~padding_mask).long().cumsum(-1) * (~padding_mask).long())
+        if not self.rotary:  # padding (index 0) embeds to zero
+            x = x + self.positions(token_positions(padding_mask))
         x = self.dropout(self.input_norm(x))
         x = x.transpose(0, 1)  # (L, B, C)
         bias = None if layer_bias is None else layer_bias.transpose(0, 1)  # (1, B, C)
@@ -126,6 +126,12 @@ class Stack(nn.Module):
         if self.final_norm is not None:
             x = self.final_norm(x)
         return x.transpose(0, 1)
+
+
+def token_positions(padding_mask: torch.Tensor) -> torch.Tensor:
+    """(B, L) True at padding -> 1-based positions counted over the real tokens, 0 at padding."""
+    real = (~padding_mask).long()
+    return real.cumsum(-1) * real
 
 
 class RotarySelfAttention(nn.Module):
@@ -159,10 +165,8 @@ class RotarySelfAttention(nn.Module):
                                 "use --position-encoding learned")
         length, batch, dim = query.shape
         if key_padding_mask is None:
-            positions = torch.arange(length, device=query.device).expand(batch, length)
-        else:
-            positions = (~key_padding_mask).long().cumsum(-1)
-        angles = positions.t().unsqueeze(-1).float() * self.inv_freq  # (L, B, dh/2)
+            key_padding_mask = torch.zeros(batch, length, dtype=torch.bool, device=query.device)
+        angles = token_positions(key_padding_mask).t().unsqueeze(-1).float() * self.inv_freq  # (L, B, dh/2)
         angles = torch.cat([angles, angles], -1).unsqueeze(2)  # (L, B, 1, dh), the halves rotate_half pairs
         cos, sin = angles.cos().to(query.dtype), angles.sin().to(query.dtype)
 
@@ -172,7 +176,7 @@ class RotarySelfAttention(nn.Module):
         q, k = apply_rotary_pos_emb(heads(self.q_proj(query)), heads(self.k_proj(query)), cos, sin)
         v = heads(self.v_proj(query))
         q, k, v = (x.permute(1, 2, 0, 3) for x in (q, k, v))  # (B, H, L, dh)
-        keep = None if key_padding_mask is None else ~key_padding_mask[:, None, None, :]
+        keep = ~key_padding_mask[:, None, None, :]
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=keep, dropout_p=self.dropout if self.training else 0.0)
         return self.out_proj(out.permute(2, 0, 1, 3).reshape(length, batch, dim)), None
 
