@@ -70,10 +70,16 @@ class ForwardTimer:
         return timed
 
     def _wrap_denoise_fns(self):
-        """Every registered model's decoding_problem returns a problem whose denoise_fn is timed."""
+        """Every registered model's decoding_problem returns a problem whose denoise_fn is timed, and the
+        continuous models' ``output_logits`` (their tied output layer, which rounds the last z0_hat: the masked
+        models' denoise_fn and the AR decoder include theirs) is timed as the network too."""
         from fairseq.models import MODEL_REGISTRY
 
         for cls in set(MODEL_REGISTRY.values()):
+            output_logits = getattr(cls, "output_logits", None)
+            if output_logits is not None and not getattr(output_logits, "_bench_timed", False):
+                cls.output_logits = self.wrap(output_logits)
+                cls.output_logits._bench_timed = True
             original = getattr(cls, "decoding_problem", None)
             if original is None or getattr(original, "_bench_timed", False):
                 continue

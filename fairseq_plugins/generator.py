@@ -15,7 +15,7 @@ from typing import Dict, List
 import torch
 
 from difftext.mbr import bleu_utility, mbr_rank, rouge_utility
-from difftext.samplers.continuous import respaced_steps, sample
+from difftext.samplers.continuous import nearest_embedding, nearest_from_products, respaced_steps, row_top, sample
 from difftext.samplers.masked import SAMPLERS, get_sampler
 from fairseq_plugins.errors import DifftextError
 
@@ -157,7 +157,7 @@ class DiffusionGenerator:
         diffusion = model.decoding_diffusion(cfg.decoding_noise_factor)
         table = model.latent_table()
         z_T = diffusion.prior_sample(problem.shape, device=device, dtype=table.dtype)
-        z0_hat, unclamped, *clamped = sample(
+        z0_hat = sample(
             problem.denoise_fn,
             diffusion,
             z_T,
@@ -169,24 +169,33 @@ class DiffusionGenerator:
             keep_mask=problem.keep_mask,
             z0_fixed=problem.z0_fixed,
             early_stop=cfg.decoding_early_stop,
-            return_unclamped=True,
-            return_indices=cfg.clamping,
+            clamp_final=False,  # the last clamp comes from the rounding's product below
         )
         # Rounding at the output positions only (DiffuSeq: not the source; Difformer: not past each length).
-        # Clamped: the tokens are the embedding rows the last step clamped to (no second vocabulary product).
-        # Scores from the denoiser's own prediction, as a clamped z0_hat would score every token ~0.
+        # Scores from the denoiser's own prediction (a clamped z0_hat would score every token ~0). Clamped: the
+        # tokens are the rows the last step clamps to, argmax_v 2 z.e_v - ||e_v||^2, from the same product.
         out = problem.output_mask
-        log_probs = self._rounding_log_probs(unclamped[out])  # (M, V)
-        picked = log_probs.argmax(-1)
-        if clamped:  # the rows the last step chose, except bos (banned from the output, as in the rounding)
-            picked = torch.where(clamped[0][out].eq(self.bos), picked, clamped[0][out])
+        logits = self.model.output_logits(z0_hat[out]).float()  # (M, V)
+        if cfg.clamping:
+            nearest = self._nearest(z0_hat[out], logits, table)
+        log_probs = self._rounding_log_probs(logits)
+        picked = row_top(log_probs, 1)[1].squeeze(1)
+        if cfg.clamping:  # the nearest rows, except bos (banned from the output, as in the rounding)
+            picked = torch.where(nearest.eq(self.bos), picked, nearest)
         tokens = out.new_full(out.shape, self.pad, dtype=torch.long).masked_scatter_(out, picked)
-        scores = unclamped.new_zeros(out.shape, dtype=torch.float).masked_scatter_(
+        scores = log_probs.new_zeros(out.shape).masked_scatter_(
             out, log_probs.gather(-1, picked.unsqueeze(-1)).squeeze(-1))
         return tokens, scores
 
-    def _rounding_log_probs(self, z0: torch.Tensor) -> torch.Tensor:
-        logits = self.model.output_logits(z0).float()
+    @staticmethod
+    def _nearest(z0, logits, table):
+        """Nearest table rows of z0 (M, D) given its float32 logits z0 E^T (M, V); a half-precision table is
+        searched again in float32, as the clamps before were (its product decides near-ties differently)."""
+        if table.dtype != torch.float32:
+            return nearest_embedding(z0, table)
+        return nearest_from_products(logits, -(table * table).sum(-1))
+
+    def _rounding_log_probs(self, logits: torch.Tensor) -> torch.Tensor:
         logits[..., self.bos] = float("-inf")
         return torch.log_softmax(logits, dim=-1)  # (..., V)
 

@@ -220,3 +220,21 @@ def test_loss_aware_importance_weights_are_unbiased():
 def test_antithetic_times_cover_strata():
     t = antithetic_continuous(8, eps=0.0, generator=torch.Generator().manual_seed(0))
     assert sorted((t * 8).floor().long().tolist()) == list(range(8))
+
+
+def test_clamp_final_false_leaves_only_the_last_step_unclamped():
+    """The generator rounds the last z0_hat itself: every earlier step is clamped as before, the last is not."""
+    diff = GaussianDiffusion(SqrtSchedule(), 30)
+    emb = torch.randn(20, 6, generator=torch.Generator().manual_seed(4))
+
+    def fn(z_t, t, sc):
+        return torch.tanh(z_t) * 2.0 + 0.1
+
+    z_T = diff.prior_sample((3, 8, 6), generator=torch.Generator().manual_seed(1))
+    run = dict(clamp_embeddings=emb, return_unclamped=True)
+    clamped, unclamped = sample(fn, diff, z_T, 5, generator=torch.Generator().manual_seed(2), **run)
+    last = sample(fn, diff, z_T, 5, generator=torch.Generator().manual_seed(2), clamp_final=False, **run)
+    assert torch.equal(last[0], unclamped) and torch.equal(last[1], unclamped)
+    assert torch.equal(emb[nearest_embedding(last[0], emb)], clamped)  # the same trajectory up to the last clamp
+    with pytest.raises(ValueError, match="clamp_final"):
+        sample(fn, diff, z_T, 5, clamp_embeddings=emb, clamp_final=False, return_indices=True)

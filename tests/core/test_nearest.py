@@ -1,0 +1,75 @@
+"""The clamp's nearest-row search: exact against brute force, and pruned between close steps."""
+import pytest
+import torch
+
+from difftext.samplers.continuous import NearestEmbedding, nearest_embedding, nearest_from_products, row_top
+
+
+def brute(z, table):
+    return torch.cdist(z.double(), table.double()).argmin(-1)
+
+
+def walk(table, points, steps, step_size, seed=0):
+    """Points near table rows moving by ``step_size`` per step (as a reverse process's z0_hat does)."""
+    g = torch.Generator().manual_seed(seed)
+    z = table[torch.randint(0, table.size(0), (points,), generator=g)] + torch.randn(points, table.size(1), generator=g)
+    for _ in range(steps):
+        yield z
+        z = z + step_size * torch.randn(z.shape, generator=g)
+
+
+@pytest.mark.parametrize("vocab", [7, 300, 2000, 2100])  # small (plain topk), whole blocks, a tail past them
+@pytest.mark.parametrize("candidates", [0, 1, 4])
+def test_search_is_exact_over_a_walk(vocab, candidates):
+    g = torch.Generator().manual_seed(vocab)
+    table = torch.randn(vocab, 16, generator=g) * (1 + torch.rand(vocab, 1, generator=g))  # unequal norms
+    search = NearestEmbedding(table, candidates)
+    for z in walk(table, 200, 12, 0.05):
+        assert torch.equal(search(z), brute(z, table))
+
+
+def test_small_moves_skip_most_full_searches_large_moves_do_not():
+    """The point of the cache: close steps reuse the kept rows; a jump sends points back to the full search."""
+    table = torch.nn.functional.layer_norm(torch.randn(2048, 32, generator=torch.Generator().manual_seed(1)), (32,))
+    small = NearestEmbedding(table, 4)
+    for z in walk(table, 300, 10, 0.01):
+        small(z)
+    assert small.full_searches < 0.25 * small.searches  # 300 on the first step, then few
+    jumpy = NearestEmbedding(table, 4)
+    for z in walk(table, 300, 10, 2.0):
+        assert torch.equal(jumpy(z), brute(z, table))
+    assert jumpy.full_searches > 0.9 * jumpy.searches
+
+
+def test_new_points_are_searched_in_full():
+    table = torch.randn(500, 8, generator=torch.Generator().manual_seed(2))
+    search = NearestEmbedding(table, 4)
+    a, b = torch.randn(40, 8), torch.randn(25, 8)
+    assert torch.equal(search(a), brute(a, table))
+    assert torch.equal(search(b), brute(b, table)) and search.full_searches == 65  # other points: no reuse
+
+
+def test_half_precision_points_are_searched_in_float32():
+    table = torch.randn(3000, 16, generator=torch.Generator().manual_seed(3)) * 100  # ||e||^2 > fp16 max
+    z = table[[5, 700, 2999]] + 0.5
+    assert NearestEmbedding(table.half(), 4)(z.half()).tolist() == [5, 700, 2999]
+    assert nearest_embedding(z.half().view(1, 3, 16), table.half()).tolist() == [[5, 700, 2999]]
+
+
+@pytest.mark.parametrize("cols", [5, 600, 2048, 2100])
+@pytest.mark.parametrize("n", [1, 3])
+def test_row_top_is_topk(cols, n):
+    scores = torch.randn(33, cols, generator=torch.Generator().manual_seed(cols))
+    values, columns = row_top(scores, n, block=64)
+    expect = scores.topk(min(n, cols), -1)
+    assert torch.equal(values, expect.values) and torch.equal(columns, expect.indices)
+
+
+@pytest.mark.parametrize("spread", [0.0, 0.05, 1.0])  # equal norms (layer norm), nearly equal, unequal
+def test_nearest_from_products_is_the_nearest_row(spread):
+    g = torch.Generator().manual_seed(0)
+    table = torch.nn.functional.layer_norm(torch.randn(3000, 32, generator=g), (32,))
+    table = table * (1 + spread * torch.rand(3000, 1, generator=g))
+    z = table[torch.randint(0, 3000, (400,), generator=g)] + 0.7 * torch.randn(400, 32, generator=g)
+    nearest = nearest_from_products(z @ table.t(), -(table * table).sum(-1))
+    assert torch.equal(nearest, brute(z, table))
