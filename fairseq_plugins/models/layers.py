@@ -83,6 +83,8 @@ class Stack(nn.Module):
         self.cross_attention = cross_attention
         if cross_attention:
             self.layers = nn.ModuleList(TransformerDecoderLayerBase(cfg) for _ in range(layers))
+            for layer in self.layers:  # the memory's keys and values once per reverse process, not per step
+                layer.encoder_attn = MemoryAttention(layer.encoder_attn)
         else:
             self.layers = nn.ModuleList(TransformerEncoderLayerBase(cfg) for _ in range(layers))
         self.rotary = safe_getattr(args, "position_encoding", "learned") == "rotary"
@@ -134,51 +136,92 @@ def token_positions(padding_mask: torch.Tensor) -> torch.Tensor:
     return real.cumsum(-1) * real
 
 
-class RotarySelfAttention(nn.Module):
-    """Self-attention with rotary position embeddings (Su et al., RoFormer), taking over the projections of a
-    fairseq ``MultiheadAttention`` (same parameter names, so state dicts keep their keys).
+class _Attention(nn.Module):
+    """Takes over the projections of a fairseq ``MultiheadAttention`` (same parameter names, so state dicts keep
+    their keys) and attends with ``F.scaled_dot_product_attention``. Called as fairseq's layers call theirs."""
 
-    Queries and keys are rotated by the angle of their token's position, so attention scores depend on
-    relative positions only. Positions are counted over the real tokens (from the key padding mask), so left or
-    right padding does not move them. Called as fairseq's layers call their ``self_attn``.
-    """
-
-    def __init__(self, attention, base: float = 10000.0):
+    def __init__(self, attention):
         super().__init__()
+        if attention.bias_k is not None or attention.add_zero_attn:
+            raise DifftextError(f"{type(self).__name__} does not implement add_bias_kv / add_zero_attn")
         self.num_heads, self.head_dim = attention.num_heads, attention.head_dim
         self.q_proj, self.k_proj, self.v_proj, self.out_proj = (
             attention.q_proj, attention.k_proj, attention.v_proj, attention.out_proj)
         self.dropout = attention.dropout_module.p
-        self.register_buffer(
-            "inv_freq", base ** (-torch.arange(0, self.head_dim, 2, dtype=torch.float) / self.head_dim),
-            persistent=False)
 
     def _get_input_buffer(self, incremental_state):  # fairseq's decoder layer asks; there is no cache
         if incremental_state is not None:
-            raise DifftextError("rotary self-attention keeps no incremental decoding state")
+            raise DifftextError(f"{type(self).__name__} keeps no incremental decoding state")
         return {}
+
+    def _heads(self, x):  # (L, B, C) -> (L, B, H, dh)
+        return x.view(x.size(0), x.size(1), self.num_heads, self.head_dim)
+
+    def _attend(self, q, k, v, key_padding_mask):
+        """q (Lq, B, H, dh), k and v (Lk, B, H, dh), key_padding_mask (B, Lk) True at padding -> (Lq, B, C)."""
+        length, batch = q.size(0), q.size(1)
+        q, k, v = (x.permute(1, 2, 0, 3) for x in (q, k, v))  # (B, H, L, dh)
+        keep = None if key_padding_mask is None else ~key_padding_mask[:, None, None, :]
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=keep, dropout_p=self.dropout if self.training else 0.0)
+        return self.out_proj(out.permute(2, 0, 1, 3).reshape(length, batch, self.num_heads * self.head_dim))
+
+
+class RotarySelfAttention(_Attention):
+    """Self-attention with rotary position embeddings (Su et al., RoFormer).
+
+    Queries and keys are rotated by the angle of their token's position, so attention scores depend on
+    relative positions only. Positions are counted over the real tokens (from the key padding mask), so left or
+    right padding does not move them.
+    """
+
+    def __init__(self, attention, base: float = 10000.0):
+        super().__init__(attention)
+        self.register_buffer(
+            "inv_freq", base ** (-torch.arange(0, self.head_dim, 2, dtype=torch.float) / self.head_dim),
+            persistent=False)
 
     def forward(self, query, key=None, value=None, key_padding_mask=None, attn_mask=None, **unused):
         """query (L, B, C) time-first; key_padding_mask (B, L) True at padding. -> ((L, B, C), None)."""
         if (key is not None and key is not query) or attn_mask is not None or unused.get("incremental_state"):
             raise DifftextError("rotary positions are implemented for full bidirectional self-attention only; "
                                 "use --position-encoding learned")
-        length, batch, dim = query.shape
+        length, batch, _ = query.shape
         if key_padding_mask is None:
             key_padding_mask = torch.zeros(batch, length, dtype=torch.bool, device=query.device)
         angles = token_positions(key_padding_mask).t().unsqueeze(-1).float() * self.inv_freq  # (L, B, dh/2)
         angles = torch.cat([angles, angles], -1).unsqueeze(2)  # (L, B, 1, dh), the halves rotate_half pairs
         cos, sin = angles.cos().to(query.dtype), angles.sin().to(query.dtype)
+        q, k = apply_rotary_pos_emb(self._heads(self.q_proj(query)), self._heads(self.k_proj(query)), cos, sin)
+        return self._attend(q, k, self._heads(self.v_proj(query)), key_padding_mask), None
 
-        def heads(x):  # (L, B, C) -> (L, B, H, dh)
-            return x.view(length, batch, self.num_heads, self.head_dim)
 
-        q, k = apply_rotary_pos_emb(heads(self.q_proj(query)), heads(self.k_proj(query)), cos, sin)
-        v = heads(self.v_proj(query))
-        q, k, v = (x.permute(1, 2, 0, 3) for x in (q, k, v))  # (B, H, L, dh)
-        keep = ~key_padding_mask[:, None, None, :]
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=keep, dropout_p=self.dropout if self.training else 0.0)
-        return self.out_proj(out.permute(2, 0, 1, 3).reshape(length, batch, dim)), None
+class MemoryAttention(_Attention):
+    """Cross-attention to an encoder memory, its keys and values projected once per memory rather than per call.
+
+    A reverse process calls the decoder at every step with the same memory tensor, so the memory's projections
+    are kept and reused while no gradient is recorded and the memory is the same, unmodified tensor (same object,
+    same version counter); training, or any other memory, projects afresh. The last memory's keys and values
+    stay referenced until the next call.
+    """
+
+    def __init__(self, attention):
+        super().__init__(attention)
+        self._memo = None  # (key, value, key version, value version, projected k, projected v)
+
+    def forward(self, query, key, value, key_padding_mask=None, attn_mask=None, **unused):
+        """query (L, B, C), key = value = memory (S, B, C), key_padding_mask (B, S). -> ((L, B, C), None)."""
+        if attn_mask is not None or unused.get("incremental_state"):
+            raise DifftextError("MemoryAttention attends to a whole encoder memory: no attention mask, no "
+                                "incremental state")
+        memo, same = self._memo, None
+        if memo is not None and not torch.is_grad_enabled():
+            same = memo[0] is key and memo[1] is value and memo[2] == key._version and memo[3] == value._version
+        if same:
+            k, v = memo[4], memo[5]
+        else:
+            k, v = self._heads(self.k_proj(key)), self._heads(self.v_proj(value))
+            self._memo = None if torch.is_grad_enabled() else (key, value, key._version, value._version, k, v)
+        return self._attend(self._heads(self.q_proj(query)), k, v, key_padding_mask), None
 
 
 class LengthPredictor(nn.Linear):
