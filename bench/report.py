@@ -231,8 +231,11 @@ class Report:
                             if p.get("forward_s") is not None else "")
         lines = ["## 4. Decoding efficiency", "",
                  "Time inside `task.inference_step` at batch 128 (default setting) split into network forward passes "
-                 "(every outermost `nn.Module` call and every `denoise_fn` call, timed by global forward hooks) and "
-                 "the rest. Measured in a separate run from the speeds of section 3 (the hooks cost a little).", ""]
+                 "(every outermost `nn.Module` call, every `denoise_fn` call and the continuous models' output layer "
+                 "`output_logits`, which rounds the last z0_hat as the AR decoder's and the masked denoisers' own "
+                 "output layers do every step; timed by global forward hooks) and the rest: sampler arithmetic, "
+                 "clamping (an exact nearest-row search, `NearestEmbedding`), the rounding's log-softmax, candidate "
+                 "selection. Measured in a separate run from the speeds of section 3 (the hooks cost a little).", ""]
         return lines + table(["model", "setting", "sentences", "decode s", "forward s", "forward calls",
                               "outside forward", "target"], rows)
 
