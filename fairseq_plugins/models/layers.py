@@ -93,6 +93,8 @@ class Stack(nn.Module):
             for layer in self.layers:
                 layer.self_attn = RotarySelfAttention(layer.self_attn)
         else:
+            for layer in self.layers:
+                layer.self_attn = SelfAttention(layer.self_attn)
             self.positions = nn.Embedding(max_positions + 1, args.model_dim, padding_idx=0)  # learned, 1-based
             nn.init.normal_(self.positions.weight, std=args.model_dim**-0.5)
             nn.init.zeros_(self.positions.weight[0])
@@ -164,6 +166,19 @@ class _Attention(nn.Module):
         keep = None if key_padding_mask is None else ~key_padding_mask[:, None, None, :]
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=keep, dropout_p=self.dropout if self.training else 0.0)
         return self.out_proj(out.permute(2, 0, 1, 3).reshape(length, batch, self.num_heads * self.head_dim))
+
+
+class SelfAttention(_Attention):
+    """Bidirectional self-attention through ``F.scaled_dot_product_attention`` (fairseq's own goes through
+    ``F.multi_head_attention_forward``, whose Python overhead dominates small decoding batches)."""
+
+    def forward(self, query, key=None, value=None, key_padding_mask=None, attn_mask=None, **unused):
+        """query (L, B, C) time-first; key_padding_mask (B, L) True at padding. -> ((L, B, C), None)."""
+        if (key is not None and key is not query) or attn_mask is not None or unused.get("incremental_state"):
+            raise DifftextError("SelfAttention is full bidirectional self-attention: no other keys, no attention "
+                                "mask, no incremental state")
+        q, k, v = (self._heads(proj(query)) for proj in (self.q_proj, self.k_proj, self.v_proj))
+        return self._attend(q, k, v, key_padding_mask), None
 
 
 class RotarySelfAttention(_Attention):

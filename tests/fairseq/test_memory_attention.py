@@ -1,4 +1,5 @@
-"""Cross-attention that projects the encoder memory once per reverse process (MemoryAttention)."""
+"""The stacks' attention modules: cross-attention that projects the memory once per reverse process
+(MemoryAttention), and bidirectional self-attention through scaled_dot_product_attention (SelfAttention)."""
 import copy
 
 import pytest
@@ -6,7 +7,7 @@ import torch
 from fairseq.modules.multihead_attention import MultiheadAttention
 
 from fairseq_plugins.errors import DifftextError
-from fairseq_plugins.models.layers import MemoryAttention, Stack, StackConfig
+from fairseq_plugins.models.layers import MemoryAttention, SelfAttention, Stack, StackConfig
 
 DIM, HEADS = 16, 4
 
@@ -101,3 +102,26 @@ def test_decoder_stack_uses_it_and_keeps_state_dict_names():
             layer.encoder_attn = fairseq_attn.eval()
         expect = stack(x, self_padding, memory=memory, memory_padding_mask=padding)
     torch.testing.assert_close(got, expect, atol=1e-5, rtol=1e-5)
+
+
+def test_self_attention_matches_fairseq_with_padding_and_the_stacks_use_it():
+    torch.manual_seed(3)
+    fairseq_attn = MultiheadAttention(DIM, HEADS, dropout=0.0, self_attention=True).eval()
+    attn = SelfAttention(copy.deepcopy(fairseq_attn)).eval()
+    x, _, _ = inputs()
+    padding = torch.zeros(3, 5, dtype=torch.bool)
+    padding[1, 3:], padding[2, 1:] = True, True
+    with torch.no_grad():
+        expect, _ = fairseq_attn(x, x, x, key_padding_mask=padding, need_weights=False)
+        got, _ = attn(x, x, x, key_padding_mask=padding, need_weights=False)
+    torch.testing.assert_close(got, expect, atol=1e-6, rtol=1e-5)
+    assert sorted(attn.state_dict()) == sorted(fairseq_attn.state_dict())
+    with pytest.raises(DifftextError, match="bidirectional"):
+        attn(x, x, x, attn_mask=torch.zeros(5, 5))
+    args = StackConfig()
+    for name, value in dict(model_dim=DIM, ffn_dim=32, attention_heads=HEADS, dropout=0.0,
+                            normalize_before=False).items():
+        setattr(args, name, value)
+    for cross in (False, True):
+        stack = Stack(args, layers=2, max_positions=16, cross_attention=cross)
+        assert all(isinstance(layer.self_attn, SelfAttention) for layer in stack.layers)
