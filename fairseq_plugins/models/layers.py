@@ -215,7 +215,8 @@ class MemoryAttention(_Attention):
 
     A reverse process calls the decoder at every step with the same memory tensor, so the memory's projections
     are kept and reused while no gradient is recorded and the memory is the same, unmodified tensor (same object,
-    same version counter); training, or any other memory, projects afresh. The last memory's keys and values
+    same version counter); training, any other memory, or a memory made under ``torch.inference_mode`` (which
+    keeps no version counter) projects afresh. The last memory's keys and values
     stay referenced until the next call.
     """
 
@@ -228,14 +229,15 @@ class MemoryAttention(_Attention):
         if attn_mask is not None or unused.get("incremental_state"):
             raise DifftextError("MemoryAttention attends to a whole encoder memory: no attention mask, no "
                                 "incremental state")
-        memo, same = self._memo, None
-        if memo is not None and not torch.is_grad_enabled():
-            same = memo[0] is key and memo[1] is value and memo[2] == key._version and memo[3] == value._version
-        if same:
+        # Inference-mode tensors keep no version counter, so an in-place change could not be seen: not reused.
+        reusable = not torch.is_grad_enabled() and not (key.is_inference() or value.is_inference())
+        memo = self._memo
+        if reusable and memo is not None and memo[0] is key and memo[1] is value \
+                and memo[2] == key._version and memo[3] == value._version:
             k, v = memo[4], memo[5]
         else:
             k, v = self._heads(self.k_proj(key)), self._heads(self.v_proj(value))
-            self._memo = None if torch.is_grad_enabled() else (key, value, key._version, value._version, k, v)
+            self._memo = (key, value, key._version, value._version, k, v) if reusable else None
         return self._attend(self._heads(self.q_proj(query)), k, v, key_padding_mask), None
 
 

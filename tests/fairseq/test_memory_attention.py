@@ -125,3 +125,18 @@ def test_self_attention_matches_fairseq_with_padding_and_the_stacks_use_it():
     for cross in (False, True):
         stack = Stack(args, layers=2, max_positions=16, cross_attention=cross)
         assert all(isinstance(layer.self_attn, SelfAttention) for layer in stack.layers)
+
+
+def test_inference_mode_works_and_projects_afresh():
+    """Inference tensors keep no version counter, so an in-place change could not be detected: no reuse."""
+    _, attn = pair()
+    k_calls = calls(attn.k_proj)
+    query, memory, padding = inputs()
+    with torch.no_grad():
+        expect, _ = attn(query, memory, memory, key_padding_mask=padding)
+    with torch.inference_mode():
+        memory = memory.clone()
+        for _ in range(2):
+            got, _ = attn(query, memory, memory, key_padding_mask=padding)
+            torch.testing.assert_close(got, expect)
+    assert len(k_calls) == 3
