@@ -43,10 +43,14 @@ def calls(module):
     return count
 
 
+def counted():
+    """A MemoryAttention, the list its key projection appends to on every call, and inputs."""
+    attn = pair()[1]
+    return attn, calls(attn.k_proj), inputs()
+
+
 def test_memory_projected_once_per_memory_without_gradients():
-    _, attn = pair()
-    k_calls = calls(attn.k_proj)
-    query, memory, padding = inputs()
+    attn, k_calls, (query, memory, padding) = counted()
     with torch.no_grad():
         first, _ = attn(query, memory, memory, key_padding_mask=padding)
         for _ in range(3):  # the steps of a reverse process: new queries, the same memory
@@ -129,9 +133,7 @@ def test_self_attention_matches_fairseq_with_padding_and_the_stacks_use_it():
 
 def test_inference_mode_works_and_projects_afresh():
     """Inference tensors keep no version counter, so an in-place change could not be detected: no reuse."""
-    _, attn = pair()
-    k_calls = calls(attn.k_proj)
-    query, memory, padding = inputs()
+    attn, k_calls, (query, memory, padding) = counted()
     with torch.no_grad():
         expect, _ = attn(query, memory, memory, key_padding_mask=padding)
     with torch.inference_mode():
