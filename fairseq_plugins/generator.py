@@ -175,13 +175,17 @@ class DiffusionGenerator:
         # Scores from the denoiser's own prediction (a clamped z0_hat would score every token ~0). Clamped: the
         # tokens are the rows the last step clamps to, argmax_v 2 z.e_v - ||e_v||^2, from the same product.
         out = problem.output_mask
-        logits = self.model.output_logits(z0_hat[out]).float()  # (M, V)
-        if cfg.clamping:
-            nearest = self._nearest(z0_hat[out], logits, table)
+        z0 = z0_hat[out]
+        logits = self.model.output_logits(z0).float()  # (M, V)
+        nearest = self._nearest(z0, logits, table) if cfg.clamping else None
         log_probs = self._rounding_log_probs(logits)
-        picked = row_top(log_probs, 1)[1].squeeze(1)
-        if cfg.clamping:  # the nearest rows, except bos (banned from the output, as in the rounding)
-            picked = torch.where(nearest.eq(self.bos), picked, nearest)
+        if nearest is None:
+            picked = row_top(log_probs, 1)[1].squeeze(1)
+        else:  # the nearest rows, except bos (banned from the output): there the rounding's best token
+            picked = nearest
+            at_bos = nearest.eq(self.bos).nonzero().squeeze(1)
+            if at_bos.numel():
+                picked[at_bos] = row_top(log_probs[at_bos], 1)[1].squeeze(1)
         tokens = out.new_full(out.shape, self.pad, dtype=torch.long).masked_scatter_(out, picked)
         scores = log_probs.new_zeros(out.shape).masked_scatter_(
             out, log_probs.gather(-1, picked.unsqueeze(-1)).squeeze(-1))

@@ -51,9 +51,9 @@ def nearest_from_products(products: torch.Tensor, neg_sq_norms: torch.Tensor, ca
     over all of 2 z.e_v - ||e_v||^2: the best of the K rows with the highest products is the nearest when it beats
     2 x the (K+1)-th product + max_v -||e_v||^2, the most any other row can score (always, for equal norms);
     the other points are scored in full."""
-    k = max(1, min(candidates, products.size(-1) - 1))
     if products.size(-1) < 2:
         return products.new_zeros(products.size(0), dtype=torch.long)
+    k = max(1, min(candidates, products.size(-1) - 1))
     top, rows = row_top(products, k + 1)
     best, which = torch.add(neg_sq_norms[rows[:, :k]], top[:, :k], alpha=2.0).max(-1)
     nearest = rows.gather(1, which.unsqueeze(1)).squeeze(1)
@@ -87,7 +87,7 @@ class NearestEmbedding:
         vocab = self.table.size(0)
         self.neg_sq_norms = (-(self.table * self.table).sum(-1) if neg_sq_norms is None else neg_sq_norms).float()
         self.k = max(0, min(candidates, vocab - 1))
-        self.radius = float(self.table.norm(dim=-1).max()) if vocab else 0.0
+        self.radius = float(self.neg_sq_norms.neg().max().clamp_min(0).sqrt()) if vocab else 0.0  # max ||e_v||
         self.chunk = chunk
         self.cand = self.next_score = self.z_ref = None
         self.full_searches = self.searches = 0  # points searched in full / all points searched
@@ -179,7 +179,7 @@ def sample(
     rounded tokens; needs clamping), -1 where ``clamp_mask`` is False.
     clamp_embeddings: (V, D) rows to clamp z0_hat onto each step (None: no clamping).
     clamp_mask: (B, L) positions to clamp (None: all). Leave out those the output never reads, such as
-    padding past a candidate's length or a fixed source: each clamp is a (V, D) product per position.
+    padding past a candidate's length or a fixed source: a position's search may cost a (V, D) product.
     early_stop: if > 0, stop after that many network calls and return the current z0_hat
     (Difformer's "early stop at step 5" of a 20-step schedule).
     clamp_final: False leaves the last z0_hat unclamped, for a caller that rounds it itself from the product it
