@@ -15,7 +15,7 @@ from typing import Dict, List
 import torch
 
 from difftext.mbr import bleu_utility, mbr_rank, rouge_utility
-from difftext.samplers.continuous import nearest_embedding, nearest_from_products, respaced_steps, row_top, sample
+from difftext.samplers.continuous import nearest_embedding, nearest_from_products, respaced_steps, row_logsumexp, row_top, sample
 from difftext.samplers.masked import SAMPLERS, get_sampler
 from fairseq_plugins.errors import DifftextError
 
@@ -178,17 +178,18 @@ class DiffusionGenerator:
         z0 = z0_hat[out]
         logits = self.model.output_logits(z0).float()  # (M, V)
         nearest = self._nearest(z0, logits, table) if cfg.clamping else None
-        log_probs = self._rounding_log_probs(logits)
+        logits[:, self.bos] = float("-inf")  # bos is banned from the output
         if nearest is None:
-            picked = row_top(log_probs, 1)[1].squeeze(1)
-        else:  # the nearest rows, except bos (banned from the output): there the rounding's best token
+            picked = row_top(logits, 1)[1].squeeze(1)
+        else:  # the nearest rows, except bos: there the rounding's best token
             picked = nearest
             at_bos = nearest.eq(self.bos).nonzero().squeeze(1)
             if at_bos.numel():
-                picked[at_bos] = row_top(log_probs[at_bos], 1)[1].squeeze(1)
+                picked[at_bos] = row_top(logits[at_bos], 1)[1].squeeze(1)
+        # the picked tokens' rounding log-probs, log softmax(logits) at picked, without the (M, V) log_softmax
+        log_probs = logits.gather(-1, picked.unsqueeze(-1)).squeeze(-1) - row_logsumexp(logits)
         tokens = out.new_full(out.shape, self.pad, dtype=torch.long).masked_scatter_(out, picked)
-        scores = log_probs.new_zeros(out.shape).masked_scatter_(
-            out, log_probs.gather(-1, picked.unsqueeze(-1)).squeeze(-1))
+        scores = log_probs.new_zeros(out.shape).masked_scatter_(out, log_probs)
         return tokens, scores
 
     @staticmethod
@@ -198,10 +199,6 @@ class DiffusionGenerator:
         if table.dtype != torch.float32:
             return nearest_embedding(z0, table)
         return nearest_from_products(logits, -(table * table).sum(-1))
-
-    def _rounding_log_probs(self, logits: torch.Tensor) -> torch.Tensor:
-        logits[..., self.bos] = float("-inf")
-        return torch.log_softmax(logits, dim=-1)  # (..., V)
 
     def _sample_masked(self, problem):
         """A masked-diffusion sampler over all candidates: tokens (N, L) and each token's log-prob when drawn."""

@@ -1,4 +1,7 @@
 """The generator's last clamp, taken from the rounding's logits instead of a second (V, D) product."""
+from types import SimpleNamespace
+
+import pytest
 import torch
 
 from difftext.samplers.continuous import nearest_embedding
@@ -16,3 +19,68 @@ def test_nearest_from_half_precision_logits_searches_in_float32():
     table = torch.randn(500, 16, generator=torch.Generator().manual_seed(1)).half()
     z0 = table[[3, 99, 400]].float().add(0.01).half()
     assert DiffusionGenerator._nearest(z0, (z0 @ table.t()).float(), table).tolist() == [3, 99, 400]
+
+
+class _Model:
+    """The parts of an embedding-diffusion model the continuous decoding reads: a fixed table, an identity process."""
+
+    self_conditioning = False
+
+    def __init__(self, table):
+        self.table = table
+
+    def decoding_diffusion(self, noise_factor):
+        from difftext.processes.gaussian import GaussianDiffusion, NoiseFactor
+        from difftext.schedules.gaussian import build_schedule
+
+        return GaussianDiffusion(build_schedule("sqrt"), 50, NoiseFactor(1.0, False))
+
+    def latent_table(self):
+        return self.table
+
+    def output_logits(self, z0):
+        return z0 @ self.table.t()
+
+
+@pytest.mark.parametrize("clamping", [True, False])
+def test_rounding_scores_are_the_picked_tokens_log_softmax(clamping):
+    """Tokens: the nearest rows (clamping) or the rounding's argmax, never bos; scores: log_softmax of the rounding
+    logits (bos banned) at those tokens, at the output positions only."""
+    from fairseq_plugins.models.embedding_diffusion import DecodingProblem
+
+    g = torch.Generator().manual_seed(3)
+    bos, pad, vocab, dim = 0, 1, 700, 16
+    table = torch.nn.functional.layer_norm(torch.randn(vocab, dim, generator=g), (dim,))
+    z0 = 0.3 * table[torch.randint(2, vocab, (3, 5), generator=g)] + 0.2 * torch.randn(3, 5, dim, generator=g)
+    z0[0, 1] = table[bos]  # nearest row bos: the rounding's best other token instead
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0], [1, 1, 1, 1, 0]], dtype=torch.bool)
+    problem = DecodingProblem(shape=z0.shape, denoise_fn=lambda z_t, t, sc: z0.clone(), owner=torch.arange(3),
+                              output_mask=mask, stop_at_eos=False)
+    gen = DiffusionGenerator.__new__(DiffusionGenerator)
+    gen.model, gen.bos = _Model(table), bos
+    gen.cfg = SimpleNamespace(decoding_noise_factor=None, decoding_steps=3, decoding_method="ddim",
+                              clamping=clamping, decoding_early_stop=0)
+    gen.pad = pad
+    tokens, scores = gen._sample_continuous(problem, torch.device("cpu"))
+
+    logits = (z0 @ table.t()).double()
+    logits[..., bos] = float("-inf")
+    expect = logits.argmax(-1)
+    if clamping:
+        near = torch.cdist(z0.double(), table.double()).argmin(-1)
+        expect = torch.where(near.eq(bos), expect, near)
+    assert torch.equal(tokens[mask], expect[mask]) and tokens[~mask].eq(pad).all() and tokens.ne(bos).all()
+    expect_scores = torch.log_softmax(logits, -1).gather(-1, expect.unsqueeze(-1)).squeeze(-1)
+    torch.testing.assert_close(scores[mask].double(), expect_scores[mask], rtol=0, atol=1e-5)
+    assert scores[~mask].eq(0).all()
+
+
+@pytest.mark.parametrize("rows", [1, 32, 100])
+def test_row_logsumexp_is_logsumexp(rows):
+    from difftext.samplers.continuous import row_logsumexp
+
+    x = 20 * torch.randn(70, 900, generator=torch.Generator().manual_seed(rows))
+    x[3, 5:] = float("-inf")
+    x[4] = float("-inf")  # a row with nothing: -inf, not nan
+    torch.testing.assert_close(row_logsumexp(x, rows=rows), torch.logsumexp(x, -1), rtol=1e-6, atol=1e-5)
+    assert row_logsumexp(x[:0]).shape == (0,)
