@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from bench.common import ROOT, BenchError, run_logged, shell
+from data_scripts.common import sha256_file
 
 SMOKE_LINES = {"train": 1500, "val": 50, "test_2016_flickr": 64, "brown.train.txt": 1500, "brown.valid.txt": 100}
 
@@ -34,12 +35,13 @@ def _slice(raw: Path, out: Path, files) -> Path:
     return out
 
 
-def _build(cmd, out: Path, log: Path, quiet: bool) -> Path:
-    stamp = out / "command.txt"
-    if stamp.is_file() and stamp.read_text() == shell(cmd) and (out / "manifest.json").is_file():
+def _build(cmd, out: Path, log: Path, quiet: bool, inputs: str = "") -> Path:
+    """Run ``cmd`` unless ``out`` was made by the same command (and ``inputs``, a note on what else it read)."""
+    stamp, text = out / "command.txt", shell(cmd) + (f"\n{inputs}" if inputs else "")
+    if stamp.is_file() and stamp.read_text() == text and (out / "manifest.json").is_file():
         return out
     run_logged(cmd, log, quiet=quiet)
-    stamp.write_text(shell(cmd))
+    stamp.write_text(text)
     return out
 
 
@@ -60,3 +62,14 @@ def brown(raw: Path, work: Path, smoke: bool, quiet: bool = True) -> Path:
     cmd = [sys.executable, ROOT / "data_scripts" / "prepare_lm.py", "--raw-dir", raw, "--pattern", "brown.{split}.txt",
            "--out-dir", out, "--vocab-size", 1000 if smoke else 8000, "--workers", "1"]
     return _build(cmd, out, work / "logs" / "prepare_brown.log", quiet)
+
+
+def distilled(mt: Path, teacher: Path, name: str, work: Path, cpu: bool, quiet: bool = True, extra=()) -> Path:
+    """``mt`` with its training targets replaced by the teacher checkpoint's beam-5 translations
+    (``data_scripts/distill.py``; ``extra``: more of its flags); rebuilt when the teacher checkpoint changes."""
+    out = work / "data" / f"{mt.name}_distilled_{name}"
+    cmd = [sys.executable, ROOT / "data_scripts" / "distill.py", "--data", mt, "--teacher", teacher, "--out-dir", out,
+           "--beam", 5, "--max-tokens", 8192, "--workers", 1, *extra] + (["--cpu"] if cpu else [])
+    inputs = f"teacher sha256 {sha256_file(teacher)}"
+    return _build(cmd, out, work / "logs" / f"distill_{name}.log", quiet, inputs=inputs)
+

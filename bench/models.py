@@ -6,10 +6,13 @@ embeddings, trained on the same batches (``--max-tokens``, ``--seed 1``) with th
 quickstart's, which converged fastest on this data). What each paper prescribes on top comes with its arch
 preset or flags below (label smoothing 0.1 for the AR transformer and CMLM, CMLM's BERT init and learned
 positions, Difformer's noise factor 4 and source-embedding copy). Language models: 6 layers, d 256.
+A model with a ``teacher`` (``difformer_kd``) trains on the teacher's beam-5 translations of the training set
+(sequence-level knowledge distillation, as the Difformer paper trains), from the teacher's finished budget run in
+the same work directory: its own budget is equal, the teacher's is spent before it.
 """
 import itertools
 from dataclasses import dataclass, field
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 OPTIMISER = ["--optimizer", "adam", "--adam-betas", "(0.9,0.98)", "--clip-norm", "1.0", "--weight-decay", "0.01",
              "--lr", "1e-3", "--lr-scheduler", "inverse_sqrt", "--warmup-updates", "300", "--warmup-init-lr", "1e-7",
@@ -61,6 +64,9 @@ class Spec:
     self_conditioning: bool = False
     grid: Dict[str, Sequence] = field(default_factory=dict)
     decode_flags: Tuple[str, ...] = ()
+    # sequence-level knowledge distillation (the Difformer recipe): train on this model's beam-5 translations of
+    # the training set, made by its finished budget run (valid, test and dictionary unchanged)
+    teacher: Optional[str] = None
 
     @property
     def lm(self) -> bool:
@@ -111,7 +117,7 @@ def decode_configs(spec: Spec, grid: Dict) -> Tuple[List[DecodeConfig], str]:
 FULL_GRID = {"beams": [1, 5], "cmlm_iterations": 10, "cmlm_length_beams": [3, 5], "steps": [5, 10, 20],
              "length_beams": [1, 3, 7], "noise_beams": [1, 3], "selections": ["score", "mbr-bleu"],
              "token_temperature": 0.5, "default_continuous": "s10_k1_m1_score", "default_masked": "s10_k3_m1_score"}
-# smoke: untrained AR models rarely emit eos, so their outputs are capped (ar_flags)
+# smoke: untrained AR models rarely emit eos, so their outputs are capped (ar_flags: decoding and distillation)
 SMOKE_GRID = {"beams": [1, 2], "ar_flags": ["--max-len-a", "0", "--max-len-b", "12"], "cmlm_iterations": 2,
               "cmlm_length_beams": [2], "steps": [2], "length_beams": [1],
               "noise_beams": [2], "selections": ["mbr-bleu"], "token_temperature": 0.5,
@@ -137,9 +143,13 @@ def specs(size: str) -> Dict[str, Spec]:
         Spec("difformer_sc", "Difformer + self-conditioning", "continuous", td,
              (*difformer, "--self-condition-prob", "0.5"), crit, decode_flags=CONTINUOUS, self_conditioning=True),
         Spec("diffuseq", "DiffuSeq", "continuous", td, ("--arch", f"diffuseq_{size}"), crit, decode_flags=CONTINUOUS),
+        Spec("difformer_kd", "Difformer, distilled data", "continuous", td, (*difformer, "--self-condition-prob", "0"),
+             crit, decode_flags=CONTINUOUS, teacher="ar"),
     ]
     for name, label in (("mdlm", "MDLM"), ("md4", "MD4"), ("genmd4", "GenMD4"), ("diffusionbert", "DiffusionBERT")):
         out.append(Spec(name, label, "discrete", td, ("--arch", f"{name}_{size}"), crit, decode_flags=MASKED))
+    out.append(Spec("diffusionbert_kd", "DiffusionBERT, distilled data", "discrete", td,
+                    ("--arch", f"diffusionbert_{size}"), crit, decode_flags=MASKED, teacher="ar"))
     lm_task = ("--tokens-per-sample", "128", "--sample-break-mode", "none")
     out.append(Spec("transformer_lm", "AR transformer LM", "lm_ar", ("--task", "language_modeling", *lm_task),
                     ("--arch", "transformer_lm", *lm_dims(size)), ("--criterion", "cross_entropy")))
@@ -150,5 +160,6 @@ def specs(size: str) -> Dict[str, Spec]:
 
 
 DEFAULT_MODELS = ["ar", "cmlm", "difformer", "difformer_sc", "diffuseq", "mdlm", "md4", "diffusionbert",
-                  "transformer_lm", "mdlm_lm", "md4_lm"]
-SMOKE_MODELS = ["ar", "cmlm", "difformer", "diffuseq", "mdlm", "transformer_lm", "mdlm_lm"]  # one per code path
+                  "difformer_kd", "transformer_lm", "mdlm_lm", "md4_lm"]
+SMOKE_MODELS = ["ar", "cmlm", "difformer", "diffuseq", "mdlm", "difformer_kd", "transformer_lm",
+                "mdlm_lm"]  # one per code path

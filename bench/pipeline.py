@@ -16,6 +16,7 @@ from typing import Dict, List, Optional
 
 from bench.common import (BENCH, USER_DIR, BenchError, config_hash, git_commit, machine, now, read_json,
                           reference_lines, relative, run_logged, tool, write_json)
+from bench.data import distilled
 from bench.models import OPTIMISER, DecodeConfig, Spec, decode_configs
 
 
@@ -51,7 +52,7 @@ class Settings:
         relevant = {k: v for k, v in asdict(self).items() if k not in ("results", "work", "mt_data", "lm_data",
                                                                       "quiet", "budget", "lm_budget")}
         return {"budget_minutes": self.budget_of(spec), "commit": git_commit(),
-                "config": config_hash([asdict(spec), relevant])}
+                "config": config_hash([spec_fields(spec), relevant])}
 
     def train_key(self, spec: Spec) -> Dict:
         """The key of the training alone: a change of the decoding grid or of the LM evaluation reuses it."""
@@ -59,7 +60,7 @@ class Settings:
         relevant = {k: v for k, v in asdict(self).items() if k not in ("results", "work", "mt_data", "lm_data",
                                                                       "quiet", "budget", "lm_budget", *decoding)}
         return {"budget_minutes": self.budget_of(spec), "commit": git_commit(),
-                "config": config_hash([asdict(spec), relevant])}
+                "config": config_hash([spec_fields(spec), relevant])}
 
     def budget_of(self, spec: Spec) -> Optional[float]:
         if self.smoke or spec.cost_only:
@@ -67,8 +68,18 @@ class Settings:
         return self.lm_budget if spec.lm else self.budget
 
 
-def train_command(spec: Spec, s: Settings, save_dir: Path) -> List[str]:
-    data = s.lm_data if spec.lm else s.mt_data
+def spec_fields(spec: Spec) -> Dict:
+    """The fields of ``spec`` that key its results; an unset teacher is left out, so that the keys of the results
+    made before models could have one still match."""
+    fields = asdict(spec)
+    if fields["teacher"] is None:
+        del fields["teacher"]
+    return fields
+
+
+def train_command(spec: Spec, s: Settings, save_dir: Path, data: Optional[Path] = None) -> List[str]:
+    """fairseq-train's arguments; ``data``: the training data-bin when it is not the suite's (distilled data)."""
+    data = data or (s.lm_data if spec.lm else s.mt_data)
     cmd = [str(data), "--user-dir", str(USER_DIR), *spec.task, *spec.arch, *spec.criterion, *OPTIMISER,
            "--max-tokens", str(s.max_tokens), "--seed", "1", "--save-dir", str(save_dir), "--no-epoch-checkpoints",
            "--disable-validation", "--no-save-optimizer-state", "--save-interval-updates", str(s.save_interval),
@@ -87,14 +98,15 @@ def same_key(a: Optional[Dict], b: Dict) -> bool:
     return bool(a) and {k: v for k, v in a.items() if k != "commit"} == {k: v for k, v in b.items() if k != "commit"}
 
 
-def train(spec: Spec, s: Settings, key: Dict, force: bool = False, extra: List[str] = (), tag: str = "") -> Dict:
+def train(spec: Spec, s: Settings, key: Dict, force: bool = False, extra: List[str] = (), tag: str = "",
+          data: Optional[Path] = None) -> Dict:
     """Train from scratch (the save dir is emptied: a budget is never resumed); -> the worker's stats.
 
     A finished training with the same key is reused (a run that failed while decoding resumes there).
     """
     name = spec.name + tag
     save_dir = s.work / "checkpoints" / name
-    fairseq_args = train_command(spec, s, save_dir) + list(extra)
+    fairseq_args = train_command(spec, s, save_dir, data) + list(extra)
     stats_file = s.work / "stats" / f"{name}.train.json"
     done = read_json(stats_file)
     if done and not force and same_key(done.get("key"), key) and done.get("command") == relative(
@@ -254,13 +266,34 @@ def run_full_test(spec: Spec, s: Settings, force: bool = False) -> Optional[Dict
     return result["decode"]["full_test"]
 
 
+def teacher_data(spec: Spec, s: Settings) -> tuple:
+    """(the distilled training data-bin of ``spec``, a record of its teacher) from the teacher's finished run."""
+    stats = read_json(s.work / "stats" / f"{spec.teacher}.train.json")
+    curve = sorted((stats or {}).get("curve", []), key=lambda p: p["fraction"])
+    checkpoint = Path(curve[-1]["checkpoint"]) if curve else None
+    if checkpoint is None or not checkpoint.is_file():
+        raise BenchError(f"{spec.name} trains on the translations of the {spec.teacher!r} model's finished run, and "
+                         f"this work directory has none ({relative([s.work])}); run --models {spec.teacher} first")
+    print(f"bench: {spec.name}: distilling the training set with {spec.teacher} ({relative([checkpoint])})", flush=True)
+    data = distilled(s.mt_data, checkpoint, spec.teacher, s.work, s.cpu, s.quiet, s.grid.get("ar_flags", ()))
+    manifest = read_json(data / "manifest.json")
+    return data, {"model": spec.teacher, "checkpoint": relative([checkpoint]), "updates": curve[-1]["updates"],
+                  "train_minutes": curve[-1].get("train_minutes"), "data": relative([data]),
+                  **{k: manifest["distillation"][k] for k in ("teacher_sha256", "beam", "failed")}}
+
+
 def run_model(spec: Spec, s: Settings, force: bool = False, reevaluate: bool = False) -> Dict:
     """The cached result of ``spec``, or a fresh one (written to RESULTS_DIR/<model>.json).
 
     ``reevaluate``: decode / evaluate again, reusing a finished training with the same key.
+    A model with a teacher trains on data distilled by the teacher's finished run; the teacher's checkpoint is
+    part of its key, so a new teacher run retrains it.
     """
     path = s.results / f"{spec.name}.json"
-    key = s.key(spec)
+    data, teacher = teacher_data(spec, s) if spec.teacher else (None, None)
+    key, train_key = s.key(spec), s.train_key(spec)
+    if teacher:
+        key["teacher_sha256"] = train_key["teacher_sha256"] = teacher["teacher_sha256"]
     cached = read_json(path)
     if cached and same_key(cached.get("key"), key) and not force and not reevaluate:
         print(f"bench: {spec.name}: cached ({path})", flush=True)
@@ -270,7 +303,9 @@ def run_model(spec: Spec, s: Settings, force: bool = False, reevaluate: bool = F
     result = {"model": spec.name, "label": spec.label, "family": spec.family, "key": key, "date": now(),
               "machine": machine(s.threads), "smoke": s.smoke, "arch": " ".join(spec.arch),
               "self_conditioning": spec.self_conditioning}
-    result["train"] = train(spec, s, s.train_key(spec), force)
+    if teacher:
+        result["teacher"] = teacher
+    result["train"] = train(spec, s, train_key, force, data=data)
     if not spec.cost_only:
         print(f"bench: {spec.name}: {'evaluating' if spec.lm else 'decoding'}", flush=True)
         result["lm" if spec.lm else "decode"] = (lm_eval(spec, s, result["train"]) if spec.lm

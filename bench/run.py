@@ -152,7 +152,8 @@ def main(argv=None):
 
 
 def run_costs(args, chosen, all_specs, results: Path, work: Path, command: str) -> None:
-    models = [all_specs[m] for m in chosen if m != "gpu" and not all_specs[m].lm]
+    # a distilled-data model costs what its architecture costs on the suite's data: no window of its own
+    models = [all_specs[m] for m in chosen if m != "gpu" and not all_specs[m].lm and not all_specs[m].teacher]
     if not any(m.name == "ar" for m in models):
         raise BenchError("--cost-only needs the AR model among --models: every ratio is to it")
     mt = data.multi30k(args.multi30k.resolve(), work, args.smoke)
@@ -168,15 +169,17 @@ def run(args, chosen, all_specs, results: Path, work: Path) -> None:
     lm = data.brown(args.brown.resolve(), work, args.smoke) if need_lm else work / "data" / "brown"
     s = settings_from(args, results, work, mt, lm)
     models = [all_specs[m] for m in chosen if m != "gpu"]
-    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        futures = [pool.submit(run_model, spec, s, args.force, args.reevaluate) for spec in models]
-        try:
-            for future in futures:
-                future.result()
-        except BaseException:
-            for future in futures:
-                future.cancel()  # the running ones finish; the suite stops at the first failure
-            raise
+    # models that learn from a teacher's translations (distilled data) run after the others
+    for phase in ([m for m in models if not m.teacher], [m for m in models if m.teacher]):
+        with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+            futures = [pool.submit(run_model, spec, s, args.force, args.reevaluate) for spec in phase]
+            try:
+                for future in futures:
+                    future.result()
+            except BaseException:
+                for future in futures:
+                    future.cancel()  # the running ones finish; the suite stops at the first failure
+                raise
     if "gpu" in chosen:
         from bench.gpu import run_gpu
 

@@ -69,6 +69,14 @@ def test_smoke_suite_end_to_end(tmp_path):
         else:
             check_decode(r["decode"])
 
+    kd = results["difformer_kd"]  # trained on the smoke AR model's translations of the training slice
+    assert kd["teacher"]["model"] == "ar" and kd["teacher"]["checkpoint"].endswith("checkpoints/ar/curve_1.pt")
+    assert kd["key"]["teacher_sha256"] == kd["teacher"]["teacher_sha256"] and kd["teacher"]["failed"] == 0
+    assert "data/multi30k_distilled_ar --user-dir" in kd["train"]["command"]
+    distilled = (out / "work" / "data" / "multi30k_distilled_ar" / "tok" / "train.en").read_text().splitlines()
+    reference = (out / "work" / "data" / "multi30k" / "tok" / "train.en").read_text().splitlines()
+    assert len(distilled) == len(reference) and distilled != reference
+
     md = (out / "RESULTS.md").read_text()
     for heading in ("## Targets", "## 1. Training cost", "## 2. Quality", "## 3. Decoding speed",
                     "## 4. Decoding efficiency", "## 5. Language modelling", "## 6. Memory", "## 7. GPU"):
@@ -195,3 +203,22 @@ def test_report_does_not_compare_models_timed_on_another_machine():
     assert fast["met"] and "MDLM" in fast["measured"] and "DIFFORMER" not in fast["measured"]
     assert "1.50 †" in speed and "1.20 |" in speed
     assert "Targets whose figure comes from another machine" in "\n".join(rep.summary())
+
+
+def test_report_judges_distilled_data_models_apart():
+    """A model trained on a teacher's translations is marked and judged in its own target line: the equal-budget
+    target reads only the models trained on the suite's data."""
+    from bench.report import Report
+
+    results = {"ar": _result("ar", "ar", 40.0, 100.0, "Xeon"),
+               "difformer": _result("difformer", "continuous", 20.0, 150.0, "Xeon"),
+               "difformer_kd": _result("difformer_kd", "continuous", 36.0, 150.0, "Xeon")}
+    results["difformer_kd"]["teacher"] = {"model": "ar", "checkpoint": "ck/curve_1.pt", "updates": 5000,
+                                          "train_minutes": 45.0, "beam": 5, "failed": 0}
+    rep = Report(results, None, "cmd")
+    quality = "\n".join(rep.quality())
+    verdicts = {t["target"]: (t["met"], t["measured"]) for t in rep.targets}
+    assert verdicts["best continuous >= 85% of AR beam 5 BLEU"] == (False, "DIFFORMER 50.0% (20.00 vs 40.00)")
+    kd = "best continuous, distilled data (teacher's budget not counted) >= 85% of AR beam 5 BLEU"
+    assert verdicts[kd] == (True, "DIFFORMER_KD 90.0% (36.00 vs 40.00)")
+    assert "| DIFFORMER_KD ‡ |" in quality and "‡ trained on the `ar` model's beam-5 translations" in quality
