@@ -10,6 +10,7 @@ suite can be filled one model at a time.
 import math
 import shutil
 import sys
+import threading
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -266,6 +267,9 @@ def run_full_test(spec: Spec, s: Settings, force: bool = False) -> Optional[Dict
     return result["decode"]["full_test"]
 
 
+_DISTILLING = threading.Lock()
+
+
 def teacher_data(spec: Spec, s: Settings) -> tuple:
     """(the distilled training data-bin of ``spec``, a record of its teacher) from the teacher's finished run."""
     stats = read_json(s.work / "stats" / f"{spec.teacher}.train.json")
@@ -274,8 +278,9 @@ def teacher_data(spec: Spec, s: Settings) -> tuple:
     if checkpoint is None or not checkpoint.is_file():
         raise BenchError(f"{spec.name} trains on the translations of the {spec.teacher!r} model's finished run, and "
                          f"this work directory has none ({relative([s.work])}); run --models {spec.teacher} first")
-    print(f"bench: {spec.name}: distilling the training set with {spec.teacher} ({relative([checkpoint])})", flush=True)
-    data = distilled(s.mt_data, checkpoint, spec.teacher, s.work, s.cpu, s.quiet, s.grid.get("ar_flags", ()))
+    with _DISTILLING:  # models of one teacher, run side by side (--jobs), share one distillation
+        print(f"bench: {spec.name}: distilled data from {spec.teacher} ({relative([checkpoint])})", flush=True)
+        data = distilled(s.mt_data, checkpoint, spec.teacher, s.work, s.cpu, s.quiet, s.grid.get("ar_flags", ()))
     manifest = read_json(data / "manifest.json")
     return data, {"model": spec.teacher, "checkpoint": relative([checkpoint]), "updates": curve[-1]["updates"],
                   "train_minutes": curve[-1].get("train_minutes"), "data": relative([data]),
