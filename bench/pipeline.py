@@ -270,20 +270,26 @@ def run_full_test(spec: Spec, s: Settings, force: bool = False) -> Optional[Dict
 _DISTILLING = threading.Lock()
 
 
-def teacher_data(spec: Spec, s: Settings) -> tuple:
-    """(the distilled training data-bin of ``spec``, a record of its teacher) from the teacher's finished run."""
+def teacher_run(spec: Spec, s: Settings) -> tuple:
+    """(the final checkpoint of the teacher's finished run in this work directory or None, its curve point)."""
     stats = read_json(s.work / "stats" / f"{spec.teacher}.train.json")
     curve = sorted((stats or {}).get("curve", []), key=lambda p: p["fraction"])
     checkpoint = Path(curve[-1]["checkpoint"]) if curve else None
-    if checkpoint is None or not checkpoint.is_file():
+    return (checkpoint, curve[-1]) if checkpoint is not None and checkpoint.is_file() else (None, None)
+
+
+def teacher_data(spec: Spec, s: Settings) -> tuple:
+    """(the distilled training data-bin of ``spec``, a record of its teacher) from the teacher's finished run."""
+    checkpoint, point = teacher_run(spec, s)
+    if checkpoint is None:
         raise BenchError(f"{spec.name} trains on the translations of the {spec.teacher!r} model's finished run, and "
                          f"this work directory has none ({relative([s.work])}); run --models {spec.teacher} first")
     with _DISTILLING:  # models of one teacher, run side by side (--jobs), share one distillation
         print(f"bench: {spec.name}: distilled data from {spec.teacher} ({relative([checkpoint])})", flush=True)
         data = distilled(s.mt_data, checkpoint, spec.teacher, s.work, s.cpu, s.quiet, s.grid.get("ar_flags", ()))
     manifest = read_json(data / "manifest.json")
-    return data, {"model": spec.teacher, "checkpoint": relative([checkpoint]), "updates": curve[-1]["updates"],
-                  "train_minutes": curve[-1].get("train_minutes"), "data": relative([data]),
+    return data, {"model": spec.teacher, "checkpoint": relative([checkpoint]), "updates": point["updates"],
+                  "train_minutes": point.get("train_minutes"), "data": relative([data]),
                   **{k: manifest["distillation"][k] for k in ("teacher_sha256", "beam", "failed")}}
 
 
@@ -295,11 +301,15 @@ def run_model(spec: Spec, s: Settings, force: bool = False, reevaluate: bool = F
     part of its key, so a new teacher run retrains it.
     """
     path = s.results / f"{spec.name}.json"
+    cached = read_json(path)
+    if spec.teacher and teacher_run(spec, s)[0] is None and cached and not force and not reevaluate and same_key(
+            {k: v for k, v in cached.get("key", {}).items() if k != "teacher_sha256"}, s.key(spec)):
+        print(f"bench: {spec.name}: cached ({path}; its teacher's run is not in this work directory)", flush=True)
+        return cached
     data, teacher = teacher_data(spec, s) if spec.teacher else (None, None)
     key, train_key = s.key(spec), s.train_key(spec)
     if teacher:
         key["teacher_sha256"] = train_key["teacher_sha256"] = teacher["teacher_sha256"]
-    cached = read_json(path)
     if cached and same_key(cached.get("key"), key) and not force and not reevaluate:
         print(f"bench: {spec.name}: cached ({path})", flush=True)
         return cached

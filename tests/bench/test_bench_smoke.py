@@ -222,3 +222,25 @@ def test_report_judges_distilled_data_models_apart():
     kd = "best continuous, distilled data (teacher's budget not counted) >= 85% of AR beam 5 BLEU"
     assert verdicts[kd] == (True, "DIFFORMER_KD 90.0% (36.00 vs 40.00)")
     assert "| DIFFORMER_KD ‡ |" in quality and "‡ trained on the `ar` model's beam-5 translations" in quality
+
+
+def test_distilled_model_without_its_teacher_run(tmp_path, capsys):
+    """No teacher run in the work directory: a cached result is kept (a fresh clone reruns the suite from its
+    committed results); without one, a one-line error says which model to run first."""
+    from bench.common import BenchError
+    from bench.pipeline import run_model
+    from bench.run import build_parser, settings_from
+
+    args = build_parser().parse_args(["--smoke", "--out", str(tmp_path)])
+    s = settings_from(args, tmp_path / "results", tmp_path / "work", tmp_path / "work" / "data" / "multi30k",
+                      tmp_path / "work" / "data" / "brown")
+    spec = specs("tiny")["difformer_kd"]
+    with pytest.raises(BenchError, match="run --models ar first"):
+        run_model(spec, s)
+    (tmp_path / "results").mkdir()
+    cached = {"model": "difformer_kd", "key": dict(s.key(spec), teacher_sha256="ab" * 32)}
+    (tmp_path / "results" / "difformer_kd.json").write_text(json.dumps(cached))
+    assert run_model(spec, s) == cached
+    assert "its teacher's run is not in this work directory" in capsys.readouterr().out
+    with pytest.raises(BenchError, match="run --models ar first"):
+        run_model(spec, s, reevaluate=True)  # decoding again needs the training, hence the teacher's data
