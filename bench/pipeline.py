@@ -325,5 +325,8 @@ def run_model(spec: Spec, s: Settings, force: bool = False, reevaluate: bool = F
         print(f"bench: {spec.name}: {'evaluating' if spec.lm else 'decoding'}", flush=True)
         result["lm" if spec.lm else "decode"] = (lm_eval(spec, s, result["train"]) if spec.lm
                                                   else decode(spec, s, result["train"], fresh=reevaluate))
+    if ((cached or {}).get("decode") or {}).get("full_test"):
+        print(f"bench: {spec.name}: its whole-test-set figure ({cached['decode']['full_test']['sacrebleu']:.2f}) "
+              "belonged to the earlier decoding and was dropped; run --full-test again", flush=True)
     write_json(path, result)
     return result

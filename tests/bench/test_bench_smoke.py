@@ -127,6 +127,11 @@ def test_smoke_suite_end_to_end(tmp_path):
         assert number(full["sacrebleu"], 0, 100) and full["config"] == r["decode"]["default"]
         assert full["sentences"] >= r["decode"]["grid"][0]["sentences_b128"] and "--distributed" not in full["command"]
 
+    # decoding again drops that figure (it belonged to the earlier decoding) and says so
+    log = run_bench("--smoke", "--out", out, "--reevaluate", "--models", "ar")
+    assert "bench: ar: its whole-test-set figure" in log and "run --full-test again" in log
+    assert "full_test" not in json.loads((out / "results" / "ar.json").read_text())["decode"]
+
 
 def test_grid_of_the_full_suite():
     small = specs("small")
