@@ -278,9 +278,9 @@ def teacher_run(spec: Spec, s: Settings) -> tuple:
     return (checkpoint, curve[-1]) if checkpoint is not None and checkpoint.is_file() else (None, None)
 
 
-def teacher_data(spec: Spec, s: Settings) -> tuple:
-    """(the distilled training data-bin of ``spec``, a record of its teacher) from the teacher's finished run."""
-    checkpoint, point = teacher_run(spec, s)
+def teacher_data(spec: Spec, s: Settings, checkpoint: Optional[Path], point: Optional[Dict]) -> tuple:
+    """(the distilled training data-bin of ``spec``, a record of its teacher) from the teacher's finished run
+    (``teacher_run``)."""
     if checkpoint is None:
         raise BenchError(f"{spec.name} trains on the translations of the {spec.teacher!r} model's finished run, and "
                          f"this work directory has none ({relative([s.work])}); run --models {spec.teacher} first")
@@ -302,11 +302,14 @@ def run_model(spec: Spec, s: Settings, force: bool = False, reevaluate: bool = F
     """
     path = s.results / f"{spec.name}.json"
     cached = read_json(path)
-    if spec.teacher and teacher_run(spec, s)[0] is None and cached and not force and not reevaluate and same_key(
-            {k: v for k, v in cached.get("key", {}).items() if k != "teacher_sha256"}, s.key(spec)):
-        print(f"bench: {spec.name}: cached ({path}; its teacher's run is not in this work directory)", flush=True)
-        return cached
-    data, teacher = teacher_data(spec, s) if spec.teacher else (None, None)
+    data = teacher = None
+    if spec.teacher:
+        checkpoint, point = teacher_run(spec, s)
+        if checkpoint is None and cached and not force and not reevaluate and same_key(
+                {k: v for k, v in cached.get("key", {}).items() if k != "teacher_sha256"}, s.key(spec)):
+            print(f"bench: {spec.name}: cached ({path}; its teacher's run is not in this work directory)", flush=True)
+            return cached
+        data, teacher = teacher_data(spec, s, checkpoint, point)
     key, train_key = s.key(spec), s.train_key(spec)
     if teacher:
         key["teacher_sha256"] = train_key["teacher_sha256"] = teacher["teacher_sha256"]

@@ -15,7 +15,8 @@ from typing import Dict, List
 import torch
 
 from difftext.mbr import bleu_utility, mbr_rank, rouge_utility
-from difftext.samplers.continuous import nearest_embedding, nearest_from_products, respaced_steps, row_logsumexp, row_top, sample
+from difftext.samplers.continuous import (nearest_embedding, nearest_from_products, respaced_steps, row_logsumexp,
+                                          row_top, sample)
 from difftext.samplers.masked import SAMPLERS, get_sampler
 from fairseq_plugins.errors import DifftextError
 
