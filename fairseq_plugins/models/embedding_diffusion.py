@@ -16,7 +16,12 @@ from torch import nn
 from difftext.processes.gaussian import GaussianDiffusion, NoiseFactor
 from difftext.schedules.gaussian import SCHEDULES, build_schedule
 from fairseq_plugins.errors import DifftextError
-from fairseq_plugins.models.layers import StackConfig, architecture_defaults, check_joined_dictionary  # noqa: F401
+from fairseq_plugins.models.layers import (  # noqa: F401
+    StackConfig,
+    architecture_defaults,
+    bf16_for_inference,
+    check_joined_dictionary,
+)
 
 
 @dataclass
@@ -72,6 +77,10 @@ class EmbeddingDiffusionModel(BaseFairseqModel):
     @classmethod
     def check_dictionaries(cls, task):
         check_joined_dictionary(cls.__name__, task)
+
+    def prepare_for_inference_(self, cfg):
+        super().prepare_for_inference_(cfg)
+        bf16_for_inference(self, cfg)
 
     def latent_table(self) -> torch.Tensor:
         """The clean latents of all V tokens: (V, latent_dim) = (LayerNorm of) the embedding matrix."""

@@ -36,6 +36,15 @@ def check_joined_dictionary(model_name: str, task) -> None:
         )
 
 
+def bf16_for_inference(model: nn.Module, cfg) -> None:
+    """``--bf16`` at inference: fairseq-generate casts models to fp16 for ``--fp16`` but leaves them in fp32 for
+    ``--bf16``; this casts them to bf16, as fairseq's trainer does for ``--bf16`` training. Called from the
+    models' ``prepare_for_inference_(cfg)``, which fairseq-generate/-interactive call with the command's config."""
+    common = getattr(cfg, "common", None)
+    if common is not None and getattr(common, "bf16", False) and not getattr(common, "fp16", False):
+        model.to(dtype=torch.bfloat16)
+
+
 @dataclass
 class StackConfig(FairseqDataclass):
     """Transformer size and regularisation options shared by every model family."""

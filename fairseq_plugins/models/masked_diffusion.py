@@ -33,6 +33,7 @@ from fairseq_plugins.models.layers import (
     Stack,
     StackConfig,
     architecture_defaults,
+    bf16_for_inference,
     check_joined_dictionary,
 )
 
@@ -126,6 +127,10 @@ class MaskedDiffusionBase(BaseFairseqModel):
             antithetic=cfg.antithetic_time, hybrid_lambda=cfg.hybrid_lambda, rloo_samples=cfg.rloo_samples,
         )
         self.time = TimeEmbedding(cfg.model_dim) if cfg.time_conditioning != "none" else None
+
+    def prepare_for_inference_(self, cfg):
+        super().prepare_for_inference_(cfg)
+        bf16_for_inference(self, cfg)
 
     @property
     def time_agnostic(self) -> bool:

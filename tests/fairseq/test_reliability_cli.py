@@ -172,12 +172,42 @@ def test_bf16_without_torch_xla_is_not_a_tpu_run(data_bin, tmp_path, device):
     assert cfg.common.bf16 and not (cfg.common.tpu or cfg.distributed_training.tpu or cfg.optimizer.tpu)
 
 
-def test_bf16_on_cpu_trains(data_bin, tmp_path):
+@pytest.fixture(scope="module")
+def bf16_mdlm(data_bin, tmp_path_factory):
+    save = tmp_path_factory.mktemp("bf16_mdlm")
+    proc = run_cli(train_args(data_bin, save, "mdlm_tiny", "--bf16", "--max-update", "3", "--log-interval", "1"))
+    return save / "checkpoint_last.pt", proc
+
+
+def test_bf16_on_cpu_trains(bf16_mdlm):
     """fairseq 0.12 turns --bf16 into --tpu; with --cpu difftext trains bf16 weights on the CPU."""
-    proc = run_cli(train_args(data_bin, tmp_path / "ck", "mdlm_tiny", "--bf16", "--max-update", "3",
-                              "--log-interval", "1"))
-    values = [float(x) for x in losses(proc)]
+    values = [float(x) for x in losses(bf16_mdlm[1])]
     assert len(values) == 3 and all(np.isfinite(values))
+
+
+@pytest.mark.parametrize("family", ["continuous", "masked"])
+def test_bf16_generation_decodes_in_bf16(data_bin, difformer_dir, bf16_mdlm, family):
+    """fairseq-generate casts models to fp16 for --fp16 but leaves them in fp32 for --bf16; difftext's models
+    cast themselves (prepare_for_inference_): every sentence is decoded and the scores carry bf16 rounding."""
+    ckpt = difformer_dir / "checkpoint_last.pt" if family == "continuous" else bf16_mdlm[0]
+    runs = [hypotheses(run_cli(generate_args(data_bin, ckpt, "--decoding-steps", "3", *flags)).stdout)
+            for flags in ([], ["--bf16"])]
+    fp32, bf16 = ({i: float(h.split("\t")[0]) for i, h in r.items()} for r in runs)
+    assert sorted(bf16) == sorted(fp32) == list(range(60))
+    assert all(np.isfinite(list(bf16.values())))
+    assert sum(bf16[i] != fp32[i] for i in fp32) > 30  # fp32 decoding would repeat the scores exactly
+
+
+def test_bf16_for_inference_only_for_bf16_without_fp16():
+    from omegaconf import OmegaConf
+    from torch import nn
+
+    from fairseq_plugins.models.layers import bf16_for_inference
+
+    for bf16, fp16, dtype in ((True, False, "bfloat16"), (False, False, "float32"), (True, True, "float32")):
+        layer = nn.Linear(2, 2)
+        bf16_for_inference(layer, OmegaConf.create({"common": {"bf16": bf16, "fp16": fp16}}))
+        assert str(layer.weight.dtype) == f"torch.{dtype}"
 
 
 @pytest.mark.slow
