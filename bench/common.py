@@ -76,11 +76,16 @@ def peak_rss_mb() -> float:
 
 
 def git_commit() -> str:
-    """HEAD's sha, with "+dirty" when the working tree differs from it."""
+    """HEAD's sha, with "+dirty" when the working tree differs from it; outside a git checkout, $DIFFTEXT_COMMIT."""
     def git(*args):
-        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+        try:
+            return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+        except OSError:  # no git on this machine
+            return ""
 
-    sha = git("rev-parse", "HEAD") or "unknown"
+    sha = git("rev-parse", "HEAD")
+    if not sha:  # not a git checkout, e.g. a copy of the tree sent to a GPU machine: the sender names its commit
+        return os.environ.get("DIFFTEXT_COMMIT", "unknown")
     return sha + ("+dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
 
 

@@ -150,9 +150,9 @@ def score(generate_file: Path, refs):
     from fairseq_plugins.score import parse_generate
 
     ids, groups, _ = parse_generate(generate_file.read_text(encoding="utf-8"), "D")
-    result = evaluate(groups, [refs[i] for i in ids], protocols=["sacrebleu"])
+    result = evaluate(groups, [refs[i] for i in ids], protocols=["sacrebleu", "length"])
     return result["sentences"], result["sacrebleu"]["score"], result["sacrebleu"]["signature"], \
-        result["empty_hypotheses"]
+        result["empty_hypotheses"], result["length"]["ratio"]
 
 
 def run_job(plan, job, refs, steps: StepTimer, forward: ForwardTimer):
@@ -171,10 +171,10 @@ def run_job(plan, job, refs, steps: StepTimer, forward: ForwardTimer):
     finally:
         forward.active = False
     generate_file = results_path / "generate-test.txt"
-    sentences, bleu, signature, empty = score(generate_file, refs)
+    sentences, bleu, signature, empty, length_ratio = score(generate_file, refs)
     out = {"name": job["name"], "sentences": sentences, "batches": steps.batches, "decode_s": round(steps.seconds, 4),
            "sentences_per_s": sentences / steps.seconds if steps.seconds else None, "sacrebleu": bleu,
-           "signature": signature, "empty_hypotheses": empty, "batch_size": job["batch_size"],
+           "signature": signature, "empty_hypotheses": empty, "length_ratio": length_ratio, "batch_size": job["batch_size"],
            "shards": job.get("shards", 1), "peak_rss_mb": peak_rss_mb(),
            "command": relative([tool("fairseq-generate"), *argv]), "generate_file": str(generate_file),
            "checkpoint_mtime": os.path.getmtime(job["checkpoint"])}

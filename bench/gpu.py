@@ -11,7 +11,7 @@ import dataclasses
 import sys
 from typing import Dict, Optional
 
-from bench.common import BENCH, git_commit, machine, now, read_json, relative, run_logged, write_json
+from bench.common import BENCH, BenchError, git_commit, machine, now, read_json, relative, run_logged, write_json
 from bench.models import CONTINUOUS, specs
 from bench.pipeline import Settings, same_key, train
 
@@ -51,7 +51,7 @@ def run_gpu(s: Settings, max_tokens: int, force: bool = False) -> Optional[Dict]
     key = {"commit": git_commit(), "max_tokens": max_tokens, "updates": s.cost_warmup + s.cost_updates,
            "device": torch.cuda.get_device_name(0) if cuda else "cpu"}
     cached = read_json(path)
-    if cached and same_key(cached.get("key"), key) and not force:
+    if cached and same_key(cached.get("key"), key) and not force and not failed(cached):
         print("bench: gpu: cached", flush=True)
         return cached
     arch = "difformer_tiny" if s.smoke else "difformer_iwslt_de_en"
@@ -65,35 +65,55 @@ def run_gpu(s: Settings, max_tokens: int, force: bool = False) -> Optional[Dict]
         if not cuda and precision != "fp32":
             continue
         print(f"bench: gpu: {arch} {precision}", flush=True)
-        stats = train(spec, settings, key, force, extra=flags, tag=f"_{precision}")
-        w = stats["window"]
-        tokens_per_s = (w["source_tokens"] + w["target_tokens"]) / w["seconds"] if w["seconds"] else None
-        entry = {"target_tokens_per_s": stats.get("target_tokens_per_s"), "tokens_per_s": tokens_per_s,
-                 "peak_gpu_memory_mb": stats.get("peak_gpu_memory_mb"), "parameters": stats["parameters"],
-                 "mfu": mfu(stats["parameters"], tokens_per_s, result["device"], precision),
-                 "peak_flops": peak_flops(result["device"], precision), "window": w,
-                 "train_command": stats["command"]}
-        entry["decode"] = _decode(settings, stats, precision, flags)
-        result["precisions"][precision] = entry
-    write_json(path, result)
+        try:
+            result["precisions"][precision] = _measure(spec, settings, key, force, precision, flags, result["device"])
+        except BenchError as err:  # e.g. fp16 overflow: recorded and reported, the other precisions still run
+            print(f"bench: gpu: {precision} failed: {err}", flush=True)
+            result["precisions"][precision] = {"error": str(err)}
+        write_json(path, result)  # after each precision: a run cut short keeps what it measured
+    if failed(result):
+        print(f"bench: gpu: failed for {', '.join(failed(result))}; rerun with --models gpu", flush=True)
     return result
 
 
+def failed(result: Dict):
+    return [p for p, e in result.get("precisions", {}).items() if "error" in e]
+
+
+def _measure(spec, settings: Settings, key: Dict, force: bool, precision: str, flags, device: str) -> Dict:
+    stats = train(spec, settings, key, force, extra=flags, tag=f"_{precision}")
+    w = stats["window"]
+    tokens_per_s = (w["source_tokens"] + w["target_tokens"]) / w["seconds"] if w["seconds"] else None
+    return {"target_tokens_per_s": stats.get("target_tokens_per_s"), "tokens_per_s": tokens_per_s,
+            "peak_gpu_memory_mb": stats.get("peak_gpu_memory_mb"), "parameters": stats["parameters"],
+            "mfu": mfu(stats["parameters"], tokens_per_s, device, precision),
+            "peak_flops": peak_flops(device, precision), "window": w, "train_command": stats["command"],
+            "decode": _decode(settings, stats, precision, flags)}
+
+
 def _decode(s: Settings, stats: Dict, precision: str, flags) -> Dict:
+    """Each setting at batch 128 after a warm-up job; the first setting once more under the forward timer
+    (time outside the network, item 4 on the GPU)."""
     checkpoint = f"{stats['save_dir']}/checkpoint_last.pt"
     common = ["--task", "text_diffusion", "--post-process", "sentencepiece", "--seed", "1", *CONTINUOUS, *flags]
     common += ["--cpu"] if s.cpu else []
-    jobs = [{"name": f"{name}_b128{suffix}", "checkpoint": checkpoint, "flags": cfg, "batch_size": 128,
-             "shards": s.grid_shards}
-            for suffix in ("_warmup", "")
-            for name, cfg in list((SMOKE_DECODE if s.smoke else DECODE).items())[:1 if suffix else None]]
+    settings = list((SMOKE_DECODE if s.smoke else DECODE).items())
+    job = {"checkpoint": checkpoint, "batch_size": 128, "shards": s.grid_shards}
+    jobs = [dict(job, name=f"{settings[0][0]}_b128_warmup", flags=settings[0][1])]
+    jobs += [dict(job, name=f"{name}_b128", flags=cfg) for name, cfg in settings]
+    jobs += [dict(job, name=f"{settings[0][0]}_b128_profile", flags=settings[0][1], profile=True)]
     plan = {"data": str(s.mt_data), "ref": str(s.mt_data / "raw" / "test.en"), "common": common,
             "out_dir": str(s.work / "decode" / f"gpu_{precision}"), "jobs": jobs}
     plan_file, out_file = s.work / "stats" / f"gpu_{precision}.decode-plan.json", \
         s.work / "stats" / f"gpu_{precision}.decode.json"
     write_json(plan_file, plan)
+    out_file.unlink(missing_ok=True)  # a fresh checkpoint: nothing to resume
     cmd = [sys.executable, BENCH / "decode_worker.py", "--plan", plan_file, "--out", out_file]
     run_logged(cmd, s.work / "logs" / f"gpu_{precision}.decode.log", threads=s.threads, quiet=s.quiet)
-    out = {j["name"]: {k: j[k] for k in ("sentences_per_s", "sacrebleu", "sentences", "command")}
-           for j in read_json(out_file)["jobs"] if not j["name"].endswith("_warmup")}
-    return dict(out, worker=relative(cmd))
+    done = {j["name"]: j for j in read_json(out_file)["jobs"]}
+    out = {name: {k: done[name].get(k) for k in ("sentences_per_s", "sacrebleu", "sentences", "length_ratio",
+                                                  "command")}
+           for name in (j["name"] for j in jobs[1:-1])}
+    profile = done[jobs[-1]["name"]]
+    return dict(out, outside_network_share=profile.get("outside_forward_share"), profiled=jobs[-1]["name"],
+                worker=relative(cmd))

@@ -18,6 +18,11 @@ def fmt(x, nd=2, pct=False) -> str:
     return f"{100 * x:.{nd}f}%" if pct else f"{x:.{nd}f}" if isinstance(x, float) else str(x)
 
 
+def _decoded(entry: Dict) -> Dict:
+    """The decoding settings of a GPU precision entry (its other keys are notes)."""
+    return {k: v for k, v in entry["decode"].items() if isinstance(v, dict)}
+
+
 def table(header: List[str], rows: List[List]) -> List[str]:
     out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     return out + ["| " + " | ".join(fmt(c) if not isinstance(c, str) else c for c in row) + " |" for row in rows]
@@ -317,17 +322,33 @@ class Report:
             return lines + ["Not measured: no CUDA device on the machine of this run (`--models gpu` on a GPU "
                             "machine fills it)."]
         note = " (smoke: CPU, tiny model; not a GPU figure)" if g.get("smoke") else ""
-        lines += [f"`{g['model']}` on **{g['device']}**{note}; tokens = source + target; MFU = 6 x parameters x "
-                  "tokens/s / dense peak of the device for the precision.", ""]
-        rows = []
+        updates = g["key"]["updates"]
+        lines += [f"`{g['model']}` on **{g['device']}**{note}, {g['key']['max_tokens']} tokens per batch; tokens = "
+                  "source + target; MFU = 6 x parameters x tokens/s / dense peak of the device for the precision. "
+                  f"Decoding (whole test set, batch 128) reads the checkpoint after the {updates} training updates, "
+                  "so its BLEU is no quality figure; `length x` is the mean output length over the reference length "
+                  "(it sets the work per sentence). The last column is the share of decoding time outside the "
+                  "network's forward passes (item 4 on the GPU).", ""]
+        rows, errors = [], []
+        names = next((list(_decoded(e)) for e in g["precisions"].values() if "error" not in e), [])
         for prec, e in g["precisions"].items():
-            dec = {k: v for k, v in e["decode"].items() if isinstance(v, dict)}
+            if "error" in e:
+                text = [line for line in e["error"].splitlines() if line.strip()]
+                errors.append(f"- **{prec} failed**: {text[0]}" + (f" ... `{text[-1].strip()}`" if len(text) > 1 else ""))
+                rows.append([prec] + ["failed"] * (4 + len(names) + 1))
+                continue
+            dec = _decoded(e)
             rows.append([prec, e["tokens_per_s"], e["target_tokens_per_s"], e["peak_gpu_memory_mb"],
-                         fmt(e["mfu"], 1, pct=True)] + [f"{v['sentences_per_s']:.1f} ({v['sacrebleu']:.1f} BLEU)"
-                                                          for v in dec.values()])
-        names = list(next(iter(g["precisions"].values()))["decode"]) if g["precisions"] else []
-        return lines + table(["precision", "tokens/s", "target tokens/s", "peak GPU MiB", "MFU"]
-                             + [f"sent/s b128 {n.replace('_b128', '')}" for n in names if n != "worker"], rows)
+                         fmt(e["mfu"], 1, pct=True)]
+                        + [f"{v['sentences_per_s']:.1f} ({v['sacrebleu']:.1f} BLEU, length x{v['length_ratio']:.2f})"
+                           if v.get("length_ratio") is not None else
+                           f"{v['sentences_per_s']:.1f} ({v['sacrebleu']:.1f} BLEU)" for v in dec.values()]
+                        + [fmt(e["decode"].get("outside_network_share"), 1, pct=True)])
+        profiled = next((e["decode"].get("profiled") for e in g["precisions"].values() if "error" not in e), None)
+        lines += table(["precision", "tokens/s", "target tokens/s", "peak GPU MiB", "MFU"]
+                       + [f"sent/s b128 {n.replace('_b128', '')}" for n in names]
+                       + [f"outside the network ({(profiled or '').replace('_b128_profile', '')})"], rows)
+        return lines + ([""] + errors if errors else [])
 
     # --- the whole file -----------------------------------------------------------------------------------------
     def header(self) -> List[str]:

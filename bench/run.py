@@ -53,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "models, one after the other, into results/cost.json (section 1 then reads them); use on a quiet "
                    "machine")
     p.add_argument("--multi30k", type=Path, default=data.default_raw("multi30k"), help="raw Multi30k folder")
+    p.add_argument("--mt-data-bin", type=Path, default=None, help="a Multi30k data-bin already made by "
+                   "data_scripts/prepare_multi30k.py (e.g. copied to a GPU machine without the raw data) instead of "
+                   "preparing one in the work directory")
     p.add_argument("--brown", type=Path, default=data.default_raw("brown"), help="raw Brown folder (brown.*.txt)")
     p.add_argument("--max-tokens", type=int, default=1024, help="tokens per batch, every model (default 1024)")
     p.add_argument("--save-interval", type=int, default=200, help="updates between learning-curve checkpoints")
@@ -133,8 +136,7 @@ def main(argv=None):
         if args.cost_only:
             run_costs(args, chosen, all_specs, results, work, command)
         elif args.full_test:
-            s = settings_from(args, results, work, data.multi30k(args.multi30k.resolve(), work, args.smoke),
-                              work / "data" / "brown")
+            s = settings_from(args, results, work, mt_data(args, work), work / "data" / "brown")
             for m in chosen:
                 if m != "gpu" and not all_specs[m].lm and not all_specs[m].cost_only:
                     run_full_test(all_specs[m], s, args.force)
@@ -156,16 +158,26 @@ def run_costs(args, chosen, all_specs, results: Path, work: Path, command: str) 
     models = [all_specs[m] for m in chosen if m != "gpu" and not all_specs[m].lm and not all_specs[m].teacher]
     if not any(m.name == "ar" for m in models):
         raise BenchError("--cost-only needs the AR model among --models: every ratio is to it")
-    mt = data.multi30k(args.multi30k.resolve(), work, args.smoke)
-    s = settings_from(args, results, work, mt, work / "data" / "brown")
+    s = settings_from(args, results, work, mt_data(args, work), work / "data" / "brown")
     run_cost(models, s, command, args.force)
+
+
+def mt_data(args, work: Path) -> Path:
+    if args.mt_data_bin is None:
+        return data.multi30k(args.multi30k.resolve(), work, args.smoke)
+    found = args.mt_data_bin.resolve()
+    missing = [n for n in ("manifest.json", "dict.en.txt", "raw/test.en") if not (found / n).is_file()]
+    if missing:
+        raise BenchError(f"--mt-data-bin {found} lacks {', '.join(missing)}; pass a folder made by "
+                         "data_scripts/prepare_multi30k.py")
+    return found
 
 
 def run(args, chosen, all_specs, results: Path, work: Path) -> None:
     work.mkdir(parents=True, exist_ok=True)
     need_mt = any(m == "gpu" or not all_specs[m].lm for m in chosen)
     need_lm = any(m != "gpu" and all_specs[m].lm for m in chosen)
-    mt = data.multi30k(args.multi30k.resolve(), work, args.smoke) if need_mt else work / "data" / "multi30k"
+    mt = mt_data(args, work) if need_mt else work / "data" / "multi30k"
     lm = data.brown(args.brown.resolve(), work, args.smoke) if need_lm else work / "data" / "brown"
     s = settings_from(args, results, work, mt, lm)
     models = [all_specs[m] for m in chosen if m != "gpu"]

@@ -90,12 +90,16 @@ def test_smoke_suite_end_to_end(tmp_path):
         assert data.startswith(PNG) and len(data) > 5000, png
 
     # a second run reuses the cached results and adds the GPU item (on the CPU here, tiny model, fp32)
-    log = run_bench("--smoke", "--out", out, "--models", "ar,gpu")
+    # (with the data-bin passed in, as on a GPU machine that has no raw data)
+    log = run_bench("--smoke", "--out", out, "--models", "ar,gpu", "--mt-data-bin", out / "work" / "data" / "multi30k")
     assert "bench: ar: cached" in log
     gpu = json.loads((out / "results" / "gpu.json").read_text())
     fp32 = gpu["precisions"]["fp32"]
     assert number(fp32["tokens_per_s"]) and fp32["tokens_per_s"] > 0 and fp32["parameters"] > 0
-    assert all(number(v["sentences_per_s"]) for k, v in fp32["decode"].items() if k != "worker")
+    decoded = {k: v for k, v in fp32["decode"].items() if isinstance(v, dict)}
+    assert len(decoded) == 2 and all(number(v["sentences_per_s"]) and v["sentences_per_s"] > 0
+                                     and number(v["length_ratio"]) and v["length_ratio"] > 0 for v in decoded.values())
+    assert number(fp32["decode"]["outside_network_share"], 0, 1)
     assert "## 7. GPU" in (out / "RESULTS.md").read_text() and gpu["device"] in (out / "RESULTS.md").read_text()
 
     # --reevaluate decodes again on the finished training (after a change to decoding)
@@ -164,6 +168,43 @@ def test_mfu_estimate():
     assert peak_flops("NVIDIA H100 PCIe", "fp32") == 51e12
     assert peak_flops("cpu", "fp32") is None and mfu(10, 10.0, "cpu", "fp32") is None
     assert mfu(50_000_000, 100_000.0, "NVIDIA H200", "fp16") == pytest.approx(6 * 5e7 * 1e5 / 989e12)
+
+
+def test_mt_data_bin_must_be_a_prepared_data_bin(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "run.py"), "--smoke", "--out", str(tmp_path),
+                           "--models", "ar", "--mt-data-bin", str(tmp_path / "nowhere")], cwd=ROOT,
+                          capture_output=True, text=True)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr
+    assert "lacks manifest.json, dict.en.txt, raw/test.en" in proc.stderr.strip().splitlines()[-1]
+
+
+def test_report_names_a_gpu_precision_that_failed():
+    """One precision failing (e.g. fp16 overflow) is a row and a line of its own; the others stay reported."""
+    from bench.report import Report
+
+    decode = {"s20_b128": {"sentences_per_s": 900.0, "sacrebleu": 1.5, "length_ratio": 1.1},
+              "outside_network_share": 0.05, "profiled": "s20_b128_profile", "worker": "python ..."}
+    fp32 = {"tokens_per_s": 1e5, "target_tokens_per_s": 5e4, "peak_gpu_memory_mb": 900.0, "mfu": 0.1,
+            "decode": decode}
+    gpu = {"model": "difformer_iwslt_de_en", "device": "NVIDIA H200", "key": {"updates": 220, "max_tokens": 4096},
+           "precisions": {"fp32": fp32, "fp16": {"error": "python train_worker.py failed (exit 1); log x:\n"
+                                                          "FloatingPointError: Minimum loss scale reached"}}}
+    lines = Report({}, gpu, "python bench/run.py").gpu_section()
+    text = "\n".join(lines)
+    assert "| fp32 | 100000.00 | 50000.00 | 900.00 | 10.0% | 900.0 (1.5 BLEU, length x1.10) | 5.0% |" in text
+    assert "| fp16 | failed | failed | failed | failed | failed | failed |" in text
+    assert "- **fp16 failed**: python train_worker.py failed (exit 1); log x: ... `FloatingPointError: Minimum" in text
+
+
+def test_commit_outside_a_git_checkout(tmp_path, monkeypatch):
+    """A copy of the tree sent to a GPU machine is no git checkout: results record the commit its sender names."""
+    import bench.common as common
+
+    monkeypatch.setattr(common, "ROOT", tmp_path)
+    monkeypatch.setenv("DIFFTEXT_COMMIT", "abc123")
+    assert common.git_commit() == "abc123"
+    monkeypatch.delenv("DIFFTEXT_COMMIT")
+    assert common.git_commit() == "unknown"
 
 
 def test_cost_only_needs_the_ar_model(tmp_path):
