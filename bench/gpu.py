@@ -40,7 +40,10 @@ def mfu(parameters: int, tokens_per_s: float, device: Optional[str], precision: 
     return 6 * parameters * tokens_per_s / peak if peak and parameters and tokens_per_s else None
 
 
-def run_gpu(s: Settings, max_tokens: int, force: bool = False) -> Optional[Dict]:
+def run_gpu(s: Settings, max_tokens: int, warmup: int, force: bool = False) -> Optional[Dict]:
+    """``warmup``: updates before the timed window. The first batches of each shape are slow on a GPU (kernel
+    selection; measured on an H200 in fp16: 2 updates/s over the first 50 updates, 13 over updates 150-200),
+    so the window starts after an epoch of Multi30k at 4096 tokens (135 updates)."""
     import torch
 
     cuda = torch.cuda.is_available()
@@ -48,6 +51,7 @@ def run_gpu(s: Settings, max_tokens: int, force: bool = False) -> Optional[Dict]
         print("bench: gpu: skipped (no CUDA device)", flush=True)
         return None
     path = s.results / "gpu.json"
+    s = dataclasses.replace(s, cost_warmup=warmup)
     key = {"commit": git_commit(), "max_tokens": max_tokens, "updates": s.cost_warmup + s.cost_updates,
            "device": torch.cuda.get_device_name(0) if cuda else "cpu"}
     cached = read_json(path)
@@ -58,7 +62,7 @@ def run_gpu(s: Settings, max_tokens: int, force: bool = False) -> Optional[Dict]
     base = specs("tiny" if s.smoke else "small")["difformer"]
     spec = dataclasses.replace(base, name="gpu_difformer", arch=("--arch", arch, "--src-embedding-copy"),
                                cost_only=True)
-    settings = dataclasses.replace(s, cpu=not cuda, max_tokens=max_tokens, profile_updates=0)
+    settings = dataclasses.replace(s, cpu=not cuda, max_tokens=max_tokens)
     result = {"model": arch, "key": key, "date": now(), "machine": machine(s.threads), "smoke": s.smoke,
               "device": key["device"], "precisions": {}}
     for precision, flags in PRECISIONS.items():
@@ -87,7 +91,8 @@ def _measure(spec, settings: Settings, key: Dict, force: bool, precision: str, f
     return {"target_tokens_per_s": stats.get("target_tokens_per_s"), "tokens_per_s": tokens_per_s,
             "peak_gpu_memory_mb": stats.get("peak_gpu_memory_mb"), "parameters": stats["parameters"],
             "mfu": mfu(stats["parameters"], tokens_per_s, device, precision),
-            "peak_flops": peak_flops(device, precision), "window": w, "train_command": stats["command"],
+            "peak_flops": peak_flops(device, precision), "window": w, "profile": stats.get("profile"),
+            "train_command": stats["command"],
             "decode": _decode(settings, stats, precision, flags)}
 
 

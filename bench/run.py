@@ -74,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--elbo-seeds", type=int, default=2, help="seeds per K (the spread of the bound)")
     p.add_argument("--lm-samples", type=int, default=64, help="unconditional samples for samples/s")
     p.add_argument("--gpu-max-tokens", type=int, default=4096, help="tokens per batch of the GPU item")
+    p.add_argument("--gpu-warmup", type=int, default=150, help="updates before the GPU item's timed window (the "
+                   "first batches of each shape are slow on a GPU)")
     p.add_argument("--threads", type=int, default=None, help="torch threads per process (default: torch's)")
     p.add_argument("--jobs", type=int, default=1, help="models run in parallel (timings need 1; smoke: 2)")
     p.add_argument("--verbose", action="store_true", help="print every command")
@@ -195,7 +197,8 @@ def run(args, chosen, all_specs, results: Path, work: Path) -> None:
     if "gpu" in chosen:
         from bench.gpu import run_gpu
 
-        run_gpu(s, s.max_tokens if args.smoke else args.gpu_max_tokens, args.force)
+        max_tokens, warmup = (s.max_tokens, s.cost_warmup) if args.smoke else (args.gpu_max_tokens, args.gpu_warmup)
+        run_gpu(s, max_tokens, warmup, args.force)
 
 
 if __name__ == "__main__":

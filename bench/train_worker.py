@@ -110,6 +110,8 @@ class Recorder:
         self.profile = {"updates": self.steps - self.args.cost_warmup - self.args.cost_updates,
                         "tool": "torch.profiler", "self_cpu_ms_total": round(total / 1000, 2), "top_ops": top_ops}
         table = events.table(sort_by="self_cpu_time_total", row_limit=30)
+        if self.cuda:  # and the operators by time on the GPU
+            table += "\n" + events.table(sort_by="self_device_time_total", row_limit=30)
         self.args.stats.with_suffix(".profile.txt").write_text(table, encoding="utf-8")
 
     def saved(self, trainer):
