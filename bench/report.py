@@ -23,6 +23,12 @@ def _decoded(entry: Dict) -> Dict:
     return {k: v for k, v in entry["decode"].items() if isinstance(v, dict)}
 
 
+def _sentences(gpu: Dict) -> str:
+    """How many test sentences the GPU item decoded (the whole set unless --grid-shards)."""
+    counts = {v["sentences"] for e in gpu["precisions"].values() if "error" not in e for v in _decoded(e).values()}
+    return "/".join(str(c) for c in sorted(counts)) or "no"
+
+
 def table(header: List[str], rows: List[List]) -> List[str]:
     out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     return out + ["| " + " | ".join(fmt(c) if not isinstance(c, str) else c for c in row) + " |" for row in rows]
@@ -325,10 +331,15 @@ class Report:
         updates = g["key"]["updates"]
         lines += [f"`{g['model']}` on **{g['device']}**{note}, {g['key']['max_tokens']} tokens per batch; tokens = "
                   "source + target; MFU = 6 x parameters x tokens/s / dense peak of the device for the precision. "
-                  f"Decoding (whole test set, batch 128) reads the checkpoint after the {updates} training updates, "
+                  f"Decoding ({_sentences(g)} sentences of test2016, batch 128) reads the checkpoint after the "
+                  f"{updates} training updates, "
                   "so its BLEU is no quality figure; `length x` is the mean output length over the reference length "
                   "(it sets the work per sentence). The last column is the share of decoding time outside the "
                   "network's forward passes (item 4 on the GPU).", ""]
+        m = g.get("machine", {})
+        lines += [f"Run {g.get('date')}, commit {g['key'].get('commit', '?')[:12]}, torch {m.get('torch')}, fairseq "
+                  f"{m.get('fairseq')}, Python {m.get('python')}, host: {m.get('processor')}, {m.get('cpu_cores')} "
+                  "cores. Training commands: `results/gpu.json`.", ""]
         rows, errors = [], []
         names = next((list(_decoded(e)) for e in g["precisions"].values() if "error" not in e), [])
         for prec, e in g["precisions"].items():
@@ -338,7 +349,8 @@ class Report:
                 rows.append([prec] + ["failed"] * (4 + len(names) + 1))
                 continue
             dec = _decoded(e)
-            rows.append([prec, e["tokens_per_s"], e["target_tokens_per_s"], e["peak_gpu_memory_mb"],
+            rows.append([prec, f"{e['tokens_per_s']:,.0f}", f"{e['target_tokens_per_s']:,.0f}",
+                         f"{e['peak_gpu_memory_mb']:,.0f}",
                          fmt(e["mfu"], 1, pct=True)]
                         + [f"{v['sentences_per_s']:.1f} ({v['sacrebleu']:.1f} BLEU, length x{v['length_ratio']:.2f})"
                            if v.get("length_ratio") is not None else

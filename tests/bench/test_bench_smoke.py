@@ -182,7 +182,7 @@ def test_report_names_a_gpu_precision_that_failed():
     """One precision failing (e.g. fp16 overflow) is a row and a line of its own; the others stay reported."""
     from bench.report import Report
 
-    decode = {"s20_b128": {"sentences_per_s": 900.0, "sacrebleu": 1.5, "length_ratio": 1.1},
+    decode = {"s20_b128": {"sentences_per_s": 900.0, "sacrebleu": 1.5, "length_ratio": 1.1, "sentences": 512},
               "outside_network_share": 0.05, "profiled": "s20_b128_profile", "worker": "python ..."}
     fp32 = {"tokens_per_s": 1e5, "target_tokens_per_s": 5e4, "peak_gpu_memory_mb": 900.0, "mfu": 0.1,
             "decode": decode}
@@ -191,7 +191,8 @@ def test_report_names_a_gpu_precision_that_failed():
                                                           "FloatingPointError: Minimum loss scale reached"}}}
     lines = Report({}, gpu, "python bench/run.py").gpu_section()
     text = "\n".join(lines)
-    assert "| fp32 | 100000.00 | 50000.00 | 900.00 | 10.0% | 900.0 (1.5 BLEU, length x1.10) | 5.0% |" in text
+    assert "| fp32 | 100,000 | 50,000 | 900 | 10.0% | 900.0 (1.5 BLEU, length x1.10) | 5.0% |" in text
+    assert "Decoding (512 sentences of test2016, batch 128) reads the checkpoint after the 220 training" in text
     assert "| fp16 | failed | failed | failed | failed | failed | failed |" in text
     assert "- **fp16 failed**: python train_worker.py failed (exit 1); log x: ... `FloatingPointError: Minimum" in text
 
