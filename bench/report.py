@@ -349,8 +349,8 @@ class Report:
                 rows.append([prec] + ["failed"] * (4 + len(names) + 1))
                 continue
             dec = _decoded(e)
-            rows.append([prec, f"{e['tokens_per_s']:,.0f}", f"{e['target_tokens_per_s']:,.0f}",
-                         f"{e['peak_gpu_memory_mb']:,.0f}",
+            rows.append([prec, *(f"{x:,.0f}" if x is not None else "–" for x in
+                                 (e["tokens_per_s"], e["target_tokens_per_s"], e["peak_gpu_memory_mb"])),
                          fmt(e["mfu"], 1, pct=True)]
                         + [f"{v['sentences_per_s']:.1f} ({v['sacrebleu']:.1f} BLEU, length x{v['length_ratio']:.2f})"
                            if v.get("length_ratio") is not None else

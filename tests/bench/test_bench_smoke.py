@@ -2,6 +2,7 @@
 cannot rot. The full measurement is not part of the test run."""
 import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -101,6 +102,8 @@ def test_smoke_suite_end_to_end(tmp_path):
                                      and number(v["length_ratio"]) and v["length_ratio"] > 0 for v in decoded.values())
     assert number(fp32["decode"]["outside_network_share"], 0, 1) and fp32["profile"]["top_ops"]
     assert "## 7. GPU" in (out / "RESULTS.md").read_text() and gpu["device"] in (out / "RESULTS.md").read_text()
+    # a CPU run has no GPU memory or MFU figure: dashes
+    assert re.search(r"^\| fp32 \| [\d,]+ \| [\d,]+ \| – \| – \| ", (out / "RESULTS.md").read_text(), re.M)
 
     # --reevaluate decodes again on the finished training (after a change to decoding)
     before = json.loads((out / "results" / "mdlm.json").read_text())
