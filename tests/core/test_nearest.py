@@ -41,6 +41,31 @@ def test_small_moves_skip_most_full_searches_large_moves_do_not():
     assert jumpy.full_searches > 0.9 * jumpy.searches
 
 
+@pytest.mark.parametrize("equal_norms", [True, False])
+def test_points_growing_along_themselves_reuse_their_rows(equal_norms):
+    """A reverse process's z0_hat grows along itself as the noise falls: the scaled bound keeps those points off
+    the full search, where the moving bound (2 R ||z - z_ref||) alone sends most of them back; still exact.
+    (Points between three rows, so that the kept rows' lead is small against R ||z - z_ref||.)"""
+    g = torch.Generator().manual_seed(4)
+    table = torch.nn.functional.layer_norm(torch.randn(2048, 32, generator=g), (32,))
+    if not equal_norms:
+        table = table * (1 + 0.01 * torch.rand(2048, 1, generator=g))
+
+    def walk_outwards(search):  # the same points and moves for every search
+        g = torch.Generator().manual_seed(5)
+        rows = torch.randint(0, 2048, (300, 3), generator=g)
+        z = 0.2 * table[rows].mean(1) + 0.05 * torch.randn(300, 32, generator=g)
+        for _ in range(10):
+            assert torch.equal(search(z), brute(z, table))
+            z = z * 1.15 + 0.002 * torch.randn(z.shape, generator=g)
+        return search.full_searches
+
+    assert walk_outwards(NearestEmbedding(table, 4)) < 1.5 * 300  # the first step, then few
+    only = NearestEmbedding(table, 4)
+    only._bound = lambda z: only.next_score + 2 * only.radius * (z - only.z_ref).norm(dim=-1)  # the moving bound
+    assert walk_outwards(only) > 3 * 300
+
+
 def test_new_points_are_searched_in_full():
     table = torch.randn(500, 8, generator=torch.Generator().manual_seed(2))
     search = NearestEmbedding(table, 4)
