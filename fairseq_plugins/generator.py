@@ -15,8 +15,8 @@ from typing import Dict, List
 import torch
 
 from difftext.mbr import bleu_utility, mbr_rank, rouge_utility
-from difftext.samplers.continuous import (nearest_embedding, nearest_from_products, respaced_steps, row_logsumexp,
-                                          row_top, sample)
+from difftext.samplers.continuous import (NearestEmbedding, nearest_embedding, respaced_steps, row_logsumexp, row_top,
+                                          sample)
 from difftext.samplers.masked import SAMPLERS, get_sampler
 from fairseq_plugins.errors import DifftextError
 
@@ -158,6 +158,8 @@ class DiffusionGenerator:
         diffusion = model.decoding_diffusion(cfg.decoding_noise_factor)
         table = model.latent_table()
         z_T = diffusion.prior_sample(problem.shape, device=device, dtype=table.dtype)
+        # the clamps' search, kept for the rounding (a half-precision table is searched again in float32 there)
+        search = NearestEmbedding(table) if cfg.clamping and table.dtype == torch.float32 else None
         z0_hat = sample(
             problem.denoise_fn,
             diffusion,
@@ -171,6 +173,7 @@ class DiffusionGenerator:
             z0_fixed=problem.z0_fixed,
             early_stop=cfg.decoding_early_stop,
             clamp_final=False,  # the last clamp comes from the rounding's product below
+            search=search,
         )
         # Rounding at the output positions only (DiffuSeq: not the source; Difformer: not past each length).
         # Scores from the denoiser's own prediction (a clamped z0_hat would score every token ~0). Clamped: the
@@ -178,7 +181,7 @@ class DiffusionGenerator:
         out = problem.output_mask
         z0 = z0_hat[out]
         logits = self.model.output_logits(z0).float()  # (M, V)
-        nearest = self._nearest(z0, logits, table) if cfg.clamping else None
+        nearest = self._nearest(z0, logits, table, search) if cfg.clamping else None
         logits[:, self.bos] = float("-inf")  # bos is banned from the output
         if nearest is None:
             picked = row_top(logits, 1)[1].squeeze(1)
@@ -194,12 +197,14 @@ class DiffusionGenerator:
         return tokens, scores
 
     @staticmethod
-    def _nearest(z0, logits, table):
-        """Nearest table rows of z0 (M, D) given its float32 logits z0 E^T (M, V); a half-precision table is
-        searched again in float32, as the clamps before were (its product decides near-ties differently)."""
-        if table.dtype != torch.float32:
+    def _nearest(z0, logits, table, search):
+        """Nearest table rows of z0 (M, D) given its float32 logits z0 E^T (M, V): the clamps' ``search`` goes on
+        from the rows it kept, and a point it must search in full reads its scores from the logits. A
+        half-precision table (no ``search``) is searched again in float32, as the clamps before were (its product
+        decides near-ties differently)."""
+        if search is None:
             return nearest_embedding(z0, table)
-        return nearest_from_products(logits, -(table * table).sum(-1))
+        return search(z0, products=logits)
 
     def _sample_masked(self, problem):
         """A masked-diffusion sampler over all candidates: tokens (N, L) and each token's log-prob when drawn."""

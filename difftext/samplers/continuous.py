@@ -52,24 +52,6 @@ def nearest_embedding(z: torch.Tensor, embeddings: torch.Tensor, neg_sq_norms: O
     return search(z.reshape(-1, z.size(-1))).view(z.shape[:-1])
 
 
-def nearest_from_products(products: torch.Tensor, neg_sq_norms: torch.Tensor, candidates: int = 4) -> torch.Tensor:
-    """Nearest rows (M,) given the products z.e_v (M, V) already made (the rounding's logits), without a pass
-    over all of 2 z.e_v - ||e_v||^2: the best of the K rows with the highest products is the nearest when it beats
-    2 x the (K+1)-th product + max_v -||e_v||^2, the most any other row can score (always, for equal norms);
-    the other points are scored in full."""
-    if products.size(-1) < 2:
-        return products.new_zeros(products.size(0), dtype=torch.long)
-    k = max(1, min(candidates, products.size(-1) - 1))
-    top, rows = row_top(products, k + 1)
-    best, which = torch.add(neg_sq_norms[rows[:, :k]], top[:, :k], alpha=2.0).max(-1)
-    nearest = rows.gather(1, which.unsqueeze(1)).squeeze(1)
-    margin = NearestEmbedding.MARGIN * (2 * top[:, 0].abs() + neg_sq_norms.abs().max())
-    redo = (best < 2 * top[:, k] + neg_sq_norms.max() + margin).nonzero().squeeze(1)
-    if redo.numel():
-        nearest[redo] = row_top(torch.add(neg_sq_norms, products[redo], alpha=2.0), 1)[1].squeeze(1)
-    return nearest
-
-
 class NearestEmbedding:
     """Exact nearest-row search against one table (V, D), for the same M points at every step of a reverse process.
 
@@ -101,27 +83,33 @@ class NearestEmbedding:
         self.cand = self.next_score = self.z_ref = None
         self.full_searches = self.searches = 0  # points searched in full / all points searched
 
-    def __call__(self, z: torch.Tensor) -> torch.Tensor:
-        """Nearest row indices (M,) of the points z (M, D); with candidates > 0, the same M points each call."""
+    def __call__(self, z: torch.Tensor, products: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Nearest row indices (M,) of the points z (M, D); with candidates > 0, the same M points each call.
+
+        products: z's products with every row, z E^T (M, V) in float32, where the caller has made them anyway
+        (the rounding's logits): a point that needs a full search reads its scores from them, no new product.
+        """
         z = z.float()
         m = z.size(0)
         self.searches += m
         if self.k == 0 or self.cand is None or self.cand.size(0) != m:
             self.full_searches += m
-            out, cand, next_score = self._full(z)
+            out, cand, next_score = self._full(z, products)
             if self.k:
                 self.cand, self.next_score, self.z_ref = cand, next_score, z.clone()
+                self.kept_rows, self.kept_neg_sq = self.table[cand], self.neg_sq_norms[cand]  # (M, K, D), (M, K)
             return out
-        kept = torch.baddbmm(self.neg_sq_norms[self.cand].unsqueeze(1), z.unsqueeze(1),
-                             self.table[self.cand].transpose(1, 2), alpha=2.0).squeeze(1)  # (M, K) exact scores
+        kept = torch.baddbmm(self.kept_neg_sq.unsqueeze(1), z.unsqueeze(1), self.kept_rows.transpose(1, 2),
+                             alpha=2.0).squeeze(1)  # (M, K) exact scores
         best, which = kept.max(-1)
         out = self.cand.gather(1, which.unsqueeze(1)).squeeze(1)
         margin = self.MARGIN * self.radius * (self.radius + 2 * z.norm(dim=-1))
         redo = (best < self._bound(z) + margin).nonzero().squeeze(1)
         if redo.numel():
             self.full_searches += redo.numel()
-            out[redo], self.cand[redo], self.next_score[redo] = self._full(z[redo])
-            self.z_ref[redo] = z[redo]
+            out[redo], cand, self.next_score[redo] = self._full(z[redo], None if products is None else products[redo])
+            self.cand[redo], self.z_ref[redo] = cand, z[redo]
+            self.kept_rows[redo], self.kept_neg_sq[redo] = self.table[cand], self.neg_sq_norms[cand]
         return out
 
     def _bound(self, z):
@@ -142,15 +130,18 @@ class NearestEmbedding:
         scaled = a * self.next_score + (a - 1) * torch.where(a >= 1, high, low) + 2 * self.radius * w.norm(dim=-1)
         return torch.where((a >= 0) & (ref_sq > 0), torch.minimum(moving, scaled), moving)
 
-    def _full(self, z):
+    def _full(self, z, products=None):
         """Full search: nearest rows (M,), the K best rows (M, K) and the (K+1)-th best score (M,)."""
         m, k = z.size(0), self.k
         out = torch.empty(m, dtype=torch.long, device=z.device)
         cand = torch.empty(m, k, dtype=torch.long, device=z.device)
         next_score = z.new_empty(m)
         for i in range(0, m, self.chunk):
-            values, rows = row_top(torch.addmm(self.neg_sq_norms, z[i : i + self.chunk], self.table.t(), alpha=2.0),
-                                   k + 1)
+            if products is None:
+                scores = torch.addmm(self.neg_sq_norms, z[i : i + self.chunk], self.table.t(), alpha=2.0)
+            else:
+                scores = torch.add(self.neg_sq_norms, products[i : i + self.chunk], alpha=2.0)
+            values, rows = row_top(scores, k + 1)
             out[i : i + self.chunk] = rows[:, 0]
             cand[i : i + self.chunk], next_score[i : i + self.chunk] = rows[:, :k], values[:, k]
         return out, cand, next_score
@@ -214,6 +205,7 @@ def sample(
     return_unclamped: bool = False,
     return_indices: bool = False,
     clamp_final: bool = True,
+    search: Optional[NearestEmbedding] = None,
 ) -> torch.Tensor:
     """Run the reverse process from z_T (B, L, D); return the final z0_hat (B, L, D).
 
@@ -229,6 +221,8 @@ def sample(
     clamp_final: False leaves the last z0_hat unclamped, for a caller that rounds it itself from the product it
     needs for its scores anyway (the generator). Each clamp searches the table with :class:`NearestEmbedding`,
     which reuses the previous step's nearest rows where it can prove them still nearest.
+    search: that :class:`NearestEmbedding` of ``clamp_embeddings`` (default: a new one), for a caller that
+    searches the last z0_hat itself with the rows the clamps kept (the generator, with clamp_final False).
     """
     if method not in STEPS:
         raise ValueError(f"unknown sampling method {method!r}; choose one of {sorted(STEPS)}")
@@ -240,7 +234,10 @@ def sample(
         raise ValueError("return_indices needs clamp_embeddings and clamp_final (the indices are the clamped rows)")
     z0_hat = indices = None
     batch = z_T.shape[0]
-    search = NearestEmbedding(clamp_embeddings) if clamp_embeddings is not None else None
+    if clamp_embeddings is None:
+        search = None
+    elif search is None:
+        search = NearestEmbedding(clamp_embeddings)
     for k, step in enumerate(steps):
         t = torch.full((batch,), step, dtype=torch.long, device=z_T.device)
         z0_hat = unclamped = denoise_fn(z_t, t, z0_hat if self_condition else None)

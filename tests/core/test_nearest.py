@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from difftext.samplers.continuous import NearestEmbedding, nearest_embedding, nearest_from_products, row_top
+from difftext.samplers.continuous import NearestEmbedding, nearest_embedding, row_top
 
 
 def brute(z, table):
@@ -91,10 +91,16 @@ def test_row_top_is_topk(cols, n):
 
 
 @pytest.mark.parametrize("spread", [0.0, 0.05, 1.0])  # equal norms (layer norm), nearly equal, unequal
-def test_nearest_from_products_is_the_nearest_row(spread):
+def test_full_searches_read_the_products_the_caller_made(spread):
+    """The rounding's logits z E^T stand in for the search's own product: same rows as brute force, at the first
+    call and after a step, and the rows do come from the products given (those of other points give theirs)."""
     g = torch.Generator().manual_seed(0)
     table = torch.nn.functional.layer_norm(torch.randn(3000, 32, generator=g), (32,))
     table = table * (1 + spread * torch.rand(3000, 1, generator=g))
     z = table[torch.randint(0, 3000, (400,), generator=g)] + 0.7 * torch.randn(400, 32, generator=g)
-    nearest = nearest_from_products(z @ table.t(), -(table * table).sum(-1))
-    assert torch.equal(nearest, brute(z, table))
+    search = NearestEmbedding(table, 4)
+    assert torch.equal(search(z, products=z @ table.t()), brute(z, table))
+    z = z + 0.3 * torch.randn(z.shape, generator=g)  # a step: some points reuse their rows, others search in full
+    assert torch.equal(search(z, products=z @ table.t()), brute(z, table)) and search.full_searches > 400
+    other = z.flip(0)
+    assert torch.equal(NearestEmbedding(table, 4)(z, products=other @ table.t()), brute(other, table))

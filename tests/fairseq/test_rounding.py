@@ -4,21 +4,25 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from difftext.samplers.continuous import nearest_embedding
+from difftext.samplers.continuous import NearestEmbedding, nearest_embedding
 from fairseq_plugins.generator import DiffusionGenerator
 
 
 def test_nearest_from_logits_is_the_nearest_row():
+    """The clamps' search goes on from its kept rows (the clamp of the step before, then the rounding)."""
     g = torch.Generator().manual_seed(0)
     table = torch.randn(3000, 32, generator=g) * (1 + torch.rand(3000, 1, generator=g))
     z0 = table[torch.randint(0, 3000, (400,), generator=g)] + 0.7 * torch.randn(400, 32, generator=g)
-    assert torch.equal(DiffusionGenerator._nearest(z0, z0 @ table.t(), table), nearest_embedding(z0, table))
+    search = NearestEmbedding(table)
+    search(z0 - 0.1 * torch.randn(400, 32, generator=g))  # the last clamp
+    assert torch.equal(DiffusionGenerator._nearest(z0, z0 @ table.t(), table, search), nearest_embedding(z0, table))
+    assert search.searches == 800 and search.full_searches < 800
 
 
 def test_nearest_from_half_precision_logits_searches_in_float32():
     table = torch.randn(500, 16, generator=torch.Generator().manual_seed(1)).half()
     z0 = table[[3, 99, 400]].float().add(0.01).half()
-    assert DiffusionGenerator._nearest(z0, (z0 @ table.t()).float(), table).tolist() == [3, 99, 400]
+    assert DiffusionGenerator._nearest(z0, (z0 @ table.t()).float(), table, None).tolist() == [3, 99, 400]
 
 
 class _Model:
