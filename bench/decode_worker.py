@@ -174,7 +174,8 @@ def run_job(plan, job, refs, steps: StepTimer, forward: ForwardTimer):
     sentences, bleu, signature, empty, length_ratio = score(generate_file, refs)
     out = {"name": job["name"], "sentences": sentences, "batches": steps.batches, "decode_s": round(steps.seconds, 4),
            "sentences_per_s": sentences / steps.seconds if steps.seconds else None, "sacrebleu": bleu,
-           "signature": signature, "empty_hypotheses": empty, "length_ratio": length_ratio, "batch_size": job["batch_size"],
+           "signature": signature, "empty_hypotheses": empty, "length_ratio": length_ratio,
+           "batch_size": job["batch_size"],
            "shards": job.get("shards", 1), "peak_rss_mb": peak_rss_mb(),
            "command": relative([tool("fairseq-generate"), *argv]), "generate_file": str(generate_file),
            "checkpoint_mtime": os.path.getmtime(job["checkpoint"])}

@@ -345,7 +345,8 @@ class Report:
         for prec, e in g["precisions"].items():
             if "error" in e:
                 text = [line for line in e["error"].splitlines() if line.strip()]
-                errors.append(f"- **{prec} failed**: {text[0]}" + (f" ... `{text[-1].strip()}`" if len(text) > 1 else ""))
+                last = f" ... `{text[-1].strip()}`" if len(text) > 1 else ""
+                errors.append(f"- **{prec} failed**: {text[0]}{last}")
                 rows.append([prec] + ["failed"] * (4 + len(names) + 1))
                 continue
             dec = _decoded(e)

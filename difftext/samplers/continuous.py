@@ -62,8 +62,9 @@ class NearestEmbedding:
     ``s_v(z) <= s_v(z_ref) + 2 ||z - z_ref|| max_u ||e_u|| <= s_(K+1)(z_ref) + 2 R ||z - z_ref||``, and a tighter
     bound where z grew along z_ref (:meth:`_bound`); when the best of the K kept rows, scored exactly at z, is above
     the bound, it is the nearest row of the whole table, found with K dot products instead of V (the 45-minute
-    Difformer, 10 steps at batch 128: 26% of the clamp's points searched in full, 32% with the first bound alone). The other points are searched in full and their cache renewed. The result is
-    the full search's (up to ties within float rounding: a margin of 1e-4 of the score scale guards the test).
+    Difformer, 10 steps at batch 128: 26% of the clamp's points searched in full, 32% with the first bound alone).
+    The other points are searched in full and their cache renewed. The result is the full search's (up to ties
+    within float rounding: a margin of 1e-4 of the score scale guards the test).
 
     candidates: K (0: every search in full, nothing kept).
     """
