@@ -51,8 +51,8 @@ def run_gpu(s: Settings, max_tokens: int, warmup: int, force: bool = False) -> O
         print("bench: gpu: skipped (no CUDA device)", flush=True)
         return None
     path = s.results / "gpu.json"
-    s = dataclasses.replace(s, cost_warmup=warmup)
-    key = {"commit": git_commit(), "max_tokens": max_tokens, "updates": s.cost_warmup + s.cost_updates,
+    settings = dataclasses.replace(s, cpu=not cuda, max_tokens=max_tokens, cost_warmup=warmup)
+    key = {"commit": git_commit(), "max_tokens": max_tokens, "updates": warmup + s.cost_updates,
            "device": torch.cuda.get_device_name(0) if cuda else "cpu"}
     cached = read_json(path)
     if cached and same_key(cached.get("key"), key) and not force and not failed(cached):
@@ -62,7 +62,6 @@ def run_gpu(s: Settings, max_tokens: int, warmup: int, force: bool = False) -> O
     base = specs("tiny" if s.smoke else "small")["difformer"]
     spec = dataclasses.replace(base, name="gpu_difformer", arch=("--arch", arch, "--src-embedding-copy"),
                                cost_only=True)
-    settings = dataclasses.replace(s, cpu=not cuda, max_tokens=max_tokens)
     result = {"model": arch, "key": key, "date": now(), "machine": machine(s.threads), "smoke": s.smoke,
               "device": key["device"], "precisions": {}}
     for precision, flags in PRECISIONS.items():

@@ -48,7 +48,7 @@ def nearest_embedding(z: torch.Tensor, embeddings: torch.Tensor, neg_sq_norms: O
     in float32. Repeated searches of slowly moving points (the steps of one reverse process) are cheaper with
     :class:`NearestEmbedding`.
     """
-    search = NearestEmbedding(embeddings, candidates=0, neg_sq_norms=neg_sq_norms, chunk=chunk or SEARCH_CHUNK)
+    search = NearestEmbedding(embeddings, candidates=0, neg_sq_norms=neg_sq_norms, chunk=chunk)
     return search(z.reshape(-1, z.size(-1))).view(z.shape[:-1])
 
 
