@@ -19,7 +19,7 @@ def walk(table, points, steps, step_size, seed=0):
 
 
 @pytest.mark.parametrize("vocab", [7, 300, 2000, 2100])  # small (plain topk), whole blocks, a tail past them
-@pytest.mark.parametrize("candidates", [0, 1, 4])
+@pytest.mark.parametrize("candidates", [0, 1, 4, 12])  # 12: more kept rows than the int8 screen scores
 def test_search_is_exact_over_a_walk(vocab, candidates):
     g = torch.Generator().manual_seed(vocab)
     table = torch.randn(vocab, 16, generator=g) * (1 + torch.rand(vocab, 1, generator=g))  # unequal norms
@@ -64,6 +64,57 @@ def test_points_growing_along_themselves_reuse_their_rows(equal_norms):
     only = NearestEmbedding(table, 4)
     only._bound = lambda z: only.next_score + 2 * only.radius * (z - only.z_ref).norm(dim=-1)  # the moving bound
     assert walk_outwards(only) > 3 * 300
+
+
+def test_int8_screen_settles_points_near_one_row():
+    """On a CPU a full search screens the table with an int8 product and scores its best rows in float32: points
+    near one row (as a trained model's z0_hat are) are settled there, exactly."""
+    table = torch.nn.functional.layer_norm(torch.randn(4096, 32, generator=torch.Generator().manual_seed(8)), (32,))
+    search = NearestEmbedding(table, 4)
+    for z in walk(table, 300, 6, 0.3, seed=8):
+        assert torch.equal(search(z), brute(z, table))
+    assert search.int8 and search.full_searches >= 300 and search.unscreened < 0.05 * search.full_searches
+
+
+def test_int8_screen_leaves_rows_it_cannot_rank_to_float32():
+    """Forty rows closer to each other than the table's int8 step, and points amid them: the int8 products cannot
+    rank those rows, so the screen's error bound must send every point on to the float32 product (without the
+    bound, the screen's pick is wrong for ~10% of them)."""
+    g = torch.Generator().manual_seed(7)
+    table = torch.nn.functional.layer_norm(torch.randn(2048, 32, generator=g), (32,))
+    step = float(table.abs().max() / 127)
+    table[:40] = torch.nn.functional.layer_norm(table[0] + 2 * step * torch.randn(40, 32, generator=g), (32,))
+    z = table[0] + 2 * step * torch.randn(300, 32, generator=g)
+    search = NearestEmbedding(table, 4)
+    assert torch.equal(search(z), brute(z, table)) and search.int8 and search.unscreened == 300
+
+
+def test_screened_search_bounds_every_row_it_does_not_keep():
+    """The reuse between steps rests on one invariant: every row a point does not keep scores at most its recorded
+    bound. Points clearly nearest one row, with a hundred rows the int8 products cannot rank next: the screen
+    settles the points, and its bound must cover the rows it never scored in float32 (the (K+1)-th score among
+    the rows it did score is too low here)."""
+    g = torch.Generator().manual_seed(7)
+    table = torch.nn.functional.layer_norm(torch.randn(2048, 32, generator=g), (32,))
+    step = float(table.abs().max() / 127)
+    table[1:101] = torch.nn.functional.layer_norm(table[0] + 0.5 * step * torch.randn(100, 32, generator=g), (32,))
+    z = 0.6 * table[200] + 0.4 * table[0] + 0.2 * step * torch.randn(300, 32, generator=g)
+    search = NearestEmbedding(table, 4)
+    assert torch.equal(search(z), torch.full((300,), 200)) and search.unscreened == 0
+    scores = 2 * z.double() @ table.double().t() - table.double().pow(2).sum(-1)
+    not_kept = scores.scatter(1, search.cand, float("-inf")).amax(-1)
+    assert (not_kept <= search.next_score.double() + 1e-4).all()
+
+
+def test_without_torch_int8_matmul_the_search_is_float32(monkeypatch):
+    def missing(*args):
+        raise RuntimeError("int_mm is not built for this backend")
+
+    monkeypatch.setattr(torch, "_int_mm", missing)
+    table = torch.nn.functional.layer_norm(torch.randn(2048, 32, generator=torch.Generator().manual_seed(9)), (32,))
+    z = table[:100] + 0.3 * torch.randn(100, 32, generator=torch.Generator().manual_seed(10))
+    search = NearestEmbedding(table, 4)
+    assert torch.equal(search(z), brute(z, table)) and search.int8 is False and search.full_searches == 100
 
 
 def test_new_points_are_searched_in_full():
