@@ -159,7 +159,9 @@ class DiffusionGenerator:
         table = model.latent_table()
         z_T = diffusion.prior_sample(problem.shape, device=device, dtype=table.dtype)
         # the clamps' search, kept for the rounding (a half-precision table is searched again in float32 there)
-        search = NearestEmbedding(table) if cfg.clamping and table.dtype == torch.float32 else None
+        search = None
+        if cfg.clamping and table.dtype == torch.float32:  # the previous batch's int8 table if the table is the same
+            search = self._search = NearestEmbedding(table, reuse=getattr(self, "_search", None))
         z0_hat = sample(
             problem.denoise_fn,
             diffusion,

@@ -71,14 +71,15 @@ class NearestEmbedding:
     proves the best of them nearest, or sends the point on to the float32 product (:meth:`_screen`). On the
     45-minute Difformer every point was settled by the screen.
 
-    candidates: K (0: every search in full, nothing kept).
+    candidates: K (0: every search in full, nothing kept). reuse: an earlier search whose table equals this one
+    (a decoder's previous batch): its int8 table is taken over rather than built again (~2 ms for 8000 x 128).
     """
 
     MARGIN = 1e-4
     SCREEN = 8  # rows scored exactly after the int8 screen
 
     def __init__(self, embeddings: torch.Tensor, candidates: int = 4, *, neg_sq_norms: Optional[torch.Tensor] = None,
-                 chunk: Optional[int] = None):
+                 chunk: Optional[int] = None, reuse: Optional["NearestEmbedding"] = None):
         self.table = embeddings.float()
         vocab = self.table.size(0)
         self.neg_sq_norms = (-(self.table * self.table).sum(-1) if neg_sq_norms is None else neg_sq_norms).float()
@@ -88,6 +89,8 @@ class NearestEmbedding:
         self.sq_norm_range = (float(sq_norms.min()), float(sq_norms.max())) if vocab else (0.0, 0.0)
         self.chunk = chunk or SEARCH_CHUNK
         self.cand = self.next_score = self.z_ref = self.int8 = None
+        if reuse is not None and reuse.table.shape == self.table.shape and torch.equal(reuse.table, self.table):
+            self.int8 = reuse.int8
         self.full_searches = self.searches = 0  # points searched in full / all points searched
         self.unscreened = 0  # of those searched in full, points the int8 screen could not settle
 
@@ -217,7 +220,7 @@ class _Int8Table:
 
     def __init__(self, table):
         self.scale = float(table.abs().max().clamp_min(torch.finfo(torch.float32).tiny) / 127)  # s_e, a float32
-        rows = torch.round(table / self.scale).clamp_(-127, 127)
+        rows = table.mul(1 / self.scale).round_().clamp_(-127, 127)  # |table| / s_e <= 127 up to rounding
         self.residual = float((table - self.scale * rows).norm(dim=-1).max())  # max_v ||r_v||
         self.rows_t = rows.to(torch.int8).t()  # (D, V), the layout torch's CPU int8 matmul is fastest with
 

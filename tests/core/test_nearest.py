@@ -106,6 +106,20 @@ def test_screened_search_bounds_every_row_it_does_not_keep():
     assert (not_kept <= search.next_score.double() + 1e-4).all()
 
 
+def test_a_search_takes_over_the_int8_table_of_an_earlier_one_only_for_the_same_table():
+    table = torch.nn.functional.layer_norm(torch.randn(2048, 32, generator=torch.Generator().manual_seed(11)), (32,))
+    z = table[:50] + 0.3 * torch.randn(50, 32, generator=torch.Generator().manual_seed(12))
+    first = NearestEmbedding(table, 4)
+    first(z)
+    same = NearestEmbedding(table.clone(), 4, reuse=first)
+    other = table.clone()
+    other[7, 3] += 1e-3
+    changed = NearestEmbedding(other, 4, reuse=first)
+    assert same.int8 is first.int8 and changed.int8 is None
+    assert torch.equal(same(z), brute(z, table)) and torch.equal(changed(z), brute(z, other))
+    assert changed.int8 is not first.int8
+
+
 def test_without_torch_int8_matmul_the_search_is_float32(monkeypatch):
     def missing(*args):
         raise RuntimeError("int_mm is not built for this backend")
