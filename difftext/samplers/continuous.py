@@ -174,9 +174,13 @@ class NearestEmbedding:
         return rows[:, 0], rows[:, : self.k], values[:, self.k]
 
     def _screen_ready(self, z):
-        """Whether the int8 screen applies: a float32 table of V >= 1024 rows on a CPU with torch's int8 matmul."""
+        """Whether the int8 screen applies: a table of V >= 1024 rows on a CPU with torch's int8 matmul, whose
+        squared row norms lie within 1% of the largest (layer-normed embeddings, as Difformer's): the screen ranks
+        rows by their products alone, and its bound pays the spread of ||e_v||^2 (DiffuSeq's free embeddings
+        left 67% of its points to the float32 product)."""
         if self.int8 is None:
-            self.int8 = (z.is_cpu and self.table.is_cpu and self.table.size(0) >= 1024
+            low, high = self.sq_norm_range
+            self.int8 = (z.is_cpu and self.table.is_cpu and self.table.size(0) >= 1024 and high - low <= 0.01 * high
                          and hasattr(torch, "_int_mm") and _Int8Table.works(self.table))
             if self.int8:
                 self.int8 = _Int8Table(self.table)

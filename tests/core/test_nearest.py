@@ -106,6 +106,16 @@ def test_screened_search_bounds_every_row_it_does_not_keep():
     assert (not_kept <= search.next_score.double() + 1e-4).all()
 
 
+def test_int8_screen_is_for_tables_of_near_equal_norms():
+    """The screen ranks rows by their products alone; with unequal norms its bound would rarely settle a point."""
+    table = torch.nn.functional.layer_norm(torch.randn(2048, 32, generator=torch.Generator().manual_seed(13)), (32,))
+    z = table[:20] + 0.3 * torch.randn(20, 32, generator=torch.Generator().manual_seed(14))
+    for spread, screened in [(0.0, True), (0.004, True), (0.02, False)]:
+        scaled = table * (1 + spread * torch.linspace(0, 1, 2048)).unsqueeze(1)  # ||e||^2 up to (1 + spread)^2
+        search = NearestEmbedding(scaled, 4)
+        assert torch.equal(search(z), brute(z, scaled)) and bool(search.int8) == screened
+
+
 def test_a_search_takes_over_the_int8_table_of_an_earlier_one_only_for_the_same_table():
     table = torch.nn.functional.layer_norm(torch.randn(2048, 32, generator=torch.Generator().manual_seed(11)), (32,))
     z = table[:50] + 0.3 * torch.randn(50, 32, generator=torch.Generator().manual_seed(12))
