@@ -89,7 +89,8 @@ class NearestEmbedding:
         self.sq_norm_range = (float(sq_norms.min()), float(sq_norms.max())) if vocab else (0.0, 0.0)
         self.chunk = chunk or SEARCH_CHUNK
         self.cand = self.next_score = self.z_ref = self.int8 = None
-        if reuse is not None and reuse.table.shape == self.table.shape and torch.equal(reuse.table, self.table):
+        if reuse is not None and (reuse.table is self.table or reuse.table.shape == self.table.shape
+                                  and torch.equal(reuse.table, self.table)):
             self.int8 = reuse.int8
         self.full_searches = self.searches = 0  # points searched in full / all points searched
         self.unscreened = 0  # of those searched in full, points the int8 screen could not settle

@@ -42,6 +42,9 @@ class _Model:
     def latent_table(self):
         return self.table
 
+    def parameters(self):
+        return iter(())
+
     def output_logits(self, z0):
         return z0 @ self.table.t()
 
@@ -61,7 +64,7 @@ def test_rounding_scores_are_the_picked_tokens_log_softmax(clamping):
     problem = DecodingProblem(shape=z0.shape, denoise_fn=lambda z_t, t, sc: z0.clone(), owner=torch.arange(3),
                               output_mask=mask, stop_at_eos=False)
     gen = DiffusionGenerator.__new__(DiffusionGenerator)
-    gen.model, gen.bos = _Model(table), bos
+    gen.model, gen.bos, gen._table, gen._table_key, gen._search = _Model(table), bos, None, None, None
     gen.cfg = SimpleNamespace(decoding_noise_factor=None, decoding_steps=3, decoding_method="ddim",
                               clamping=clamping, decoding_early_stop=0)
     gen.pad = pad
@@ -88,3 +91,31 @@ def test_row_logsumexp_is_logsumexp(rows):
     x[4] = float("-inf")  # a row with nothing: -inf, not nan
     torch.testing.assert_close(row_logsumexp(x, rows=rows), torch.logsumexp(x, -1), rtol=1e-6, atol=1e-5)
     assert row_logsumexp(x[:0]).shape == (0,)
+
+
+def test_the_latent_table_is_computed_again_only_when_a_parameter_changes():
+    """Batches reuse the table (and with it the clamp search's int8 table) while the model stays the same."""
+
+    class Embedder(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed, self.norm, self.calls = torch.nn.Embedding(1500, 16), torch.nn.LayerNorm(16), 0
+
+        def latent_table(self):
+            self.calls += 1
+            return self.norm(self.embed.weight)
+
+    gen = DiffusionGenerator.__new__(DiffusionGenerator)
+    gen.model, gen._table, gen._table_key, gen._search = Embedder(), None, None, None
+    with torch.no_grad():
+        first = gen._latent_table()
+        gen._search = NearestEmbedding(first)
+        assert gen._latent_table() is first and gen.model.calls == 1 and gen._search is not None
+        gen.model.embed.weight[3].add_(1.0)  # an update in place
+        second = gen._latent_table()
+        assert gen.model.calls == 2 and gen._search is None and not torch.equal(second, first)
+        assert torch.equal(second, gen.model.norm(gen.model.embed.weight))
+        gen.model.norm.weight.mul_(2)
+        assert gen._latent_table() is not second and gen.model.calls == 3
+        gen.model.to(torch.bfloat16)
+        assert gen._latent_table().dtype == torch.bfloat16 and gen.model.calls == 4
