@@ -114,6 +114,8 @@ def train(spec: Spec, s: Settings, key: Dict, force: bool = False, extra: List[s
             [tool("fairseq-train"), *fairseq_args]) and (save_dir / "checkpoint_last.pt").is_file():
         print(f"bench: {name}: reusing its finished training ({stats_file})", flush=True)
         return done
+    print(f"bench: {name}: training" + (f" for {key['budget_minutes']:g} min" if key.get("budget_minutes") else ""),
+          flush=True)
     shutil.rmtree(save_dir, ignore_errors=True)
     fractions = [] if spec.cost_only else s.curve_fractions
     cmd = [sys.executable, BENCH / "train_worker.py", "--stats", stats_file, "--cost-warmup", s.cost_warmup,
@@ -316,8 +318,6 @@ def run_model(spec: Spec, s: Settings, force: bool = False, reevaluate: bool = F
     if cached and same_key(cached.get("key"), key) and not force and not reevaluate:
         print(f"bench: {spec.name}: cached ({path})", flush=True)
         return cached
-    print(f"bench: {spec.name}: training" + (f" for {key['budget_minutes']:g} min" if key["budget_minutes"] else ""),
-          flush=True)
     result = {"model": spec.name, "label": spec.label, "family": spec.family, "key": key, "date": now(),
               "machine": machine(s.threads), "smoke": s.smoke, "arch": " ".join(spec.arch),
               "self_conditioning": spec.self_conditioning}

@@ -147,6 +147,10 @@ def main(argv=None):
     except BenchError as err:
         sys.exit(f"bench: error: {err}")
     found = {n: r for n in all_specs if (r := read_json(results / f"{n}.json")) and r.get("smoke") == args.smoke}
+    if not found and chosen == ["gpu"] and not args.report_only and (results / "gpu.json").is_file():
+        print(f"bench: done in {(time.time() - start) / 60:.1f} min; {results / 'gpu.json'} (no RESULTS.md: it needs "
+              f"the CPU models' results; run them with the same --out, or copy gpu.json next to theirs)", flush=True)
+        return
     if not found:
         sys.exit(f"bench: error: no results in {results}; run the suite first")
     cost = read_json(results / "cost.json")

@@ -3,6 +3,7 @@ cannot rot. The full measurement is not part of the test run."""
 import json
 import math
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -104,6 +105,13 @@ def test_smoke_suite_end_to_end(tmp_path):
     assert "## 7. GPU" in (out / "RESULTS.md").read_text() and gpu["device"] in (out / "RESULTS.md").read_text()
     # a CPU run has no GPU memory or MFU figure: dashes
     assert re.search(r"^\| fp32 \| [\d,]+ \| [\d,]+ \| – \| – \| ", (out / "RESULTS.md").read_text(), re.M)
+    # the GPU item alone into a folder without the CPU models' results (as on a GPU machine): its JSON, no error
+    alone = tmp_path / "gpu-alone"
+    (alone / "results").mkdir(parents=True)
+    shutil.copy(out / "results" / "gpu.json", alone / "results" / "gpu.json")
+    log = run_bench("--smoke", "--out", alone, "--models", "gpu", "--work-dir", out / "work",
+                    "--mt-data-bin", out / "work" / "data" / "multi30k")
+    assert "no RESULTS.md: it needs the CPU models' results" in log and not (alone / "RESULTS.md").exists()
 
     # --reevaluate decodes again on the finished training (after a change to decoding)
     before = json.loads((out / "results" / "mdlm.json").read_text())
