@@ -352,10 +352,12 @@ def _clamp(z0_hat, table, search, mask):
     if mask is None:
         indices = search(z0_hat.reshape(-1, z0_hat.size(-1))).view(z0_hat.shape[:-1])
         return table[indices].to(z0_hat.dtype), indices
-    rows = search(z0_hat[mask])  # (M,)
-    indices = torch.full(mask.shape, -1, dtype=torch.long, device=mask.device).masked_scatter_(mask, rows)
-    clamped = z0_hat.masked_scatter(mask.unsqueeze(-1).expand_as(z0_hat), table[rows].to(z0_hat.dtype))
-    return clamped, indices
+    at = mask.reshape(-1).nonzero().squeeze(1)  # the clamped positions, in z0_hat[mask]'s order
+    flat = z0_hat.reshape(-1, z0_hat.size(-1))
+    rows = search(flat.index_select(0, at))  # (M,)
+    indices = torch.full((mask.numel(),), -1, dtype=torch.long, device=mask.device).index_copy_(0, at, rows)
+    clamped = flat.index_copy(0, at, table[rows].to(z0_hat.dtype))  # not masked_scatter: 2x slower on a CPU
+    return clamped.view(z0_hat.shape), indices.view(mask.shape)
 
 
 STEPS = {
