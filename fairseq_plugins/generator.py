@@ -125,6 +125,11 @@ class DiffusionGenerator:
                 respaced_steps(model.diffusion.num_steps, cfg.decoding_steps)
             except ValueError as err:
                 raise DifftextError(str(err)) from None
+            if not 0 <= cfg.decoding_early_stop < cfg.decoding_steps:
+                raise DifftextError(
+                    f"--decoding-early-stop {cfg.decoding_early_stop} leaves out the last S of the "
+                    f"{cfg.decoding_steps} steps, so it must be 0 <= S < --decoding-steps (Difformer: 20 steps, early "
+                    "stop 5)")
         selection = cfg.candidate_selection
         if selection in MBR_UTILITIES and cfg.length_beam * cfg.noise_beam < 2:
             raise DifftextError(

@@ -310,8 +310,9 @@ def sample(
     clamp_embeddings: (V, D) rows to clamp z0_hat onto each step (None: no clamping).
     clamp_mask: (B, L) positions to clamp (None: all). Leave out those the output never reads, such as
     padding past a candidate's length or a fixed source: a position's search may cost a (V, D) product.
-    early_stop: if > 0, stop after that many network calls and return the current z0_hat
-    (Difformer's "early stop at step 5" of a 20-step schedule).
+    early_stop: if > 0, leave out the last ``early_stop`` steps of the schedule: N - early_stop network calls,
+    and the z0_hat of the last one is the output (Difformer's "20 steps, early stop 5": 15 calls, from the noisiest
+    step down to the 6th least noisy, as its reference generator's ``range(early_stopping, steps)[::-1]``).
     clamp_final: False leaves the last z0_hat unclamped, for a caller that rounds it itself from the product it
     needs for its scores anyway (the generator). Each clamp searches the table with :class:`NearestEmbedding`,
     which reuses the previous step's nearest rows where it can prove them still nearest.
@@ -321,8 +322,10 @@ def sample(
     if method not in STEPS:
         raise ValueError(f"unknown sampling method {method!r}; choose one of {sorted(STEPS)}")
     steps = respaced_steps(diffusion.num_steps, decoding_steps)
-    if early_stop > 0:
-        steps = steps[:early_stop]
+    if not 0 <= early_stop < len(steps):
+        raise ValueError(f"early stop {early_stop} leaves no step of {len(steps)}: use 0 <= early stop < the "
+                         f"number of decoding steps")
+    steps = steps[: len(steps) - early_stop]
     z_t = reset_clean(z_T, z0_fixed, keep_mask)
     if return_indices and (clamp_embeddings is None or not clamp_final):
         raise ValueError("return_indices needs clamp_embeddings and clamp_final (the indices are the clamped rows)")

@@ -238,3 +238,27 @@ def test_clamp_final_false_leaves_only_the_last_step_unclamped():
     assert torch.equal(emb[nearest_embedding(last[0], emb)], clamped)  # the same trajectory up to the last clamp
     with pytest.raises(ValueError, match="clamp_final"):
         sample(fn, diff, z_T, 5, clamp_embeddings=emb, clamp_final=False, return_indices=True)
+
+
+def test_early_stop_leaves_out_the_last_steps():
+    """Difformer's "20 steps, early stop 5" (its reference generator runs range(5, 20)[::-1]): the first 15 steps of
+    the 20-step schedule, noisiest first, and the output is the 15th call's z0_hat (clamped as every other)."""
+    diff = GaussianDiffusion(SqrtSchedule(), 2000)
+    emb = torch.randn(20, 6, generator=torch.Generator().manual_seed(4))
+    calls, outputs = [], []
+
+    def fn(z_t, t, sc):
+        calls.append(int(t[0]))
+        outputs.append(torch.tanh(z_t) * 2.0 + 0.01 * len(calls))
+        return outputs[-1]
+
+    z_T = diff.prior_sample((3, 8, 6), generator=torch.Generator().manual_seed(1))
+    out, unclamped = sample(fn, diff, z_T, 20, early_stop=5, clamp_embeddings=emb, return_unclamped=True)
+    assert calls == respaced_steps(2000, 20)[:15]
+    assert torch.equal(unclamped, outputs[14]) and torch.equal(out, emb[nearest_embedding(unclamped, emb)])
+    calls.clear()
+    sample(fn, diff, z_T, 20, clamp_embeddings=emb)
+    assert len(calls) == 20
+    for bad in (20, -1):
+        with pytest.raises(ValueError, match="leaves no step of 20"):
+            sample(fn, diff, z_T, 20, early_stop=bad)

@@ -99,6 +99,12 @@ def test_bad_decoding_steps(data_bin, trained, steps):
     one_line_error(proc, "decoding steps must be between 1 and", "T=100", f"got {steps}")
 
 
+def test_early_stop_must_leave_a_step(data_bin, trained):
+    proc = run_cli(generate_args(data_bin, trained["difformer_tiny"][0] / "checkpoint_last.pt",
+                                 "--decoding-steps", "5", "--decoding-early-stop", "5"), check=False)
+    one_line_error(proc, "--decoding-early-stop 5", "0 <= S < --decoding-steps")
+
+
 def test_mbr_needs_several_candidates(data_bin, trained):
     proc = run_cli(generate_args(data_bin, trained["difformer_tiny"][0] / "checkpoint_last.pt",
                                  "--candidate-selection", "mbr-bleu"), check=False)
