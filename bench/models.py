@@ -50,6 +50,7 @@ class DecodeConfig:
     length_beam: int = 1
     noise_beam: int = 1
     selection: str = "score"
+    early_stop: int = 0  # steps left out at the end (Difformer's early stop): steps - early_stop network calls
 
 
 @dataclass(frozen=True)
@@ -105,6 +106,9 @@ def decode_configs(spec: Spec, grid: Dict) -> Tuple[List[DecodeConfig], str]:
     length_beams = grid["length_beams"] if spec.name != "diffuseq" else [1]  # no length predictor
     configs = _diffusion_grid(grid["steps"], length_beams, grid["noise_beams"], grid["selections"],
                               masked=masked, temperature=grid["token_temperature"])
+    if not masked and 20 in grid["steps"] and 7 in length_beams and 3 in grid["noise_beams"] \
+            and "mbr-bleu" in grid["selections"]:
+        configs.append(PAPER_CONTINUOUS)
     default = grid["default_masked" if masked else "default_continuous"]
     names = [c.name for c in configs]
     if default not in names:  # the default setting is always decoded
@@ -114,6 +118,12 @@ def decode_configs(spec: Spec, grid: Dict) -> Tuple[List[DecodeConfig], str]:
     return configs, default
 
 
+# Difformer's published decoding (its evaluate.sh): 20 steps with early stop 5 (its generator runs steps 19 down to
+# 5: 15 network calls), length beam 7 x noise beam 3, sentence-BLEU MBR; decoded with a full grid (20 steps, length
+# beam 7 and noise beam 3 in it), as item 3's "paper configuration"
+PAPER_CONTINUOUS = DecodeConfig("s20_e5_k7_m3_mbr-bleu", ("--decoding-steps", "20", "--decoding-early-stop", "5",
+                                                          "--length-beam", "7", "--noise-beam", "3",
+                                                          "--candidate-selection", "mbr-bleu"), 20, 7, 3, "mbr-bleu", 5)
 FULL_GRID = {"beams": [1, 5], "cmlm_iterations": 10, "cmlm_length_beams": [3, 5], "steps": [5, 10, 20],
              "length_beams": [1, 3, 7], "noise_beams": [1, 3], "selections": ["score", "mbr-bleu"],
              "token_temperature": 0.5, "default_continuous": "s10_k1_m1_score", "default_masked": "s10_k3_m1_score"}

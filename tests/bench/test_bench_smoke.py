@@ -152,10 +152,17 @@ def test_grid_of_the_full_suite():
     small = specs("small")
     difformer, default = decode_configs(small["difformer"], FULL_GRID)
     names = {c.name for c in difformer}
-    assert len(difformer) == 3 * (3 * 2 + 5)  # steps x (K x M with score + K x M >= 2 with MBR)
+    assert len(difformer) == 3 * (3 * 2 + 5) + 1  # steps x (K x M with score + K x M >= 2 with MBR) + the paper's
     assert {"s20_k3_m1_score", "s20_k7_m3_mbr-bleu", default} <= names and "s5_k1_m1_mbr-bleu" not in names
+    paper = next(c for c in difformer if c.early_stop)  # Difformer's published decoding, early stop included
+    assert paper.name == "s20_e5_k7_m3_mbr-bleu" and (paper.steps, paper.early_stop) == (20, 5)
+    assert " ".join(paper.flags) == ("--decoding-steps 20 --decoding-early-stop 5 --length-beam 7 --noise-beam 3 "
+                                     "--candidate-selection mbr-bleu")
+    small_grid = dict(FULL_GRID, steps=[5, 10], length_beams=[1, 3], noise_beams=[1])
+    assert not any(c.early_stop for c in decode_configs(small["difformer"], small_grid)[0])
     diffuseq, _ = decode_configs(small["diffuseq"], FULL_GRID)
     assert {c.length_beam for c in diffuseq} == {1}  # no length predictor
+    assert not any(c.early_stop for c in decode_configs(small["mdlm"], FULL_GRID)[0] + diffuseq)
     mdlm, default = decode_configs(small["mdlm"], FULL_GRID)
     assert default == "s10_k3_m1_score"
     assert all(("--token-temperature" in c.flags) == (c.noise_beam > 1) for c in mdlm)
@@ -261,6 +268,30 @@ def test_report_does_not_compare_models_timed_on_another_machine():
     assert fast["met"] and "MDLM" in fast["measured"] and "DIFFORMER" not in fast["measured"]
     assert "1.50 †" in speed and "1.20 |" in speed
     assert "Targets whose figure comes from another machine" in "\n".join(rep.summary())
+
+
+def test_report_reads_the_paper_configuration_with_its_early_stop():
+    """Item 3's paper configuration is Difformer's published decoding, early stop 5 included (15 network calls);
+    results decoded before it was in the grid are read from the 20-step setting without it."""
+    from bench.report import Report
+
+    def difformer(*settings):
+        r = _result("difformer", "continuous", 30.0, 10.0, "Xeon")
+        r["decode"]["profile"] = {"outside_forward_share": 0.1, "config": "s5"}
+        r["decode"]["grid"] += [{"name": name, "sacrebleu": 30.0, "sentences_per_s_b128": speed,
+                                 "sentences_per_s_b1": speed, "sentences_b128": 128, "sentences_b1": 10,
+                                 "steps": 20, "length_beam": 7, "noise_beam": 3, "early_stop": stop}
+                                for name, speed, stop in settings]
+        return r
+
+    paper, plain = ("s20_e5_k7_m3_mbr-bleu", 40.0, 5), ("s20_k7_m3_mbr-bleu", 30.0, 0)
+    for settings, name, ratio, limit in (((plain, paper), "s20_e5_k7_m3_mbr-bleu", "0.40x", "20 steps (early stop 5: "
+                                                                                             "15 network calls) x 21"),
+                                         ((plain,), "s20_k7_m3_mbr-bleu", "0.30x", "20 steps x 21")):
+        rep = Report({"ar": _result("ar", "ar", 40.0, 100.0, "Xeon"), "difformer": difformer(*settings)}, None, "c")
+        rep.speed()
+        target = next(t for t in rep.targets if t["target"] == f"Difformer {name} >= 0.3x AR at b128")
+        assert (target["measured"], target["met"]) == (ratio, True) and target["limits"].startswith(limit)
 
 
 def test_report_judges_distilled_data_models_apart():
