@@ -36,9 +36,11 @@ DIFFORMER=(--noise-schedule sqrt --diffusion-steps 2000 --noise-factor 4 --embed
     --warmup-init-lr 1e-07 --clip-norm 1.0 --weight-decay 0.01
     --eval-bleu --eval-bleu-remove-bpe sentencepiece --decoding-steps 20 --best-checkpoint-metric bleu
     --maximize-best-checkpoint-metric --keep-best-checkpoints 5 --keep-last-epochs 10 --fixed-validation-seed 7)
-# Difformer decoding (its scripts/<dataset>/evaluate.sh): 20 steps stopped after 5, decoding noise factor 1,
-# length beam x noise beam, MBR (the paper's alternative to reranking with an AR model's perplexity).
-DIFFORMER_DECODE=(--decoding-steps 20 --decoding-early-stop 5 --decoding-noise-factor 1 --candidate-selection mbr-bleu)
+# Difformer decoding (its scripts/<dataset>/evaluate.sh and generator): 20 steps with early stop 5 (steps 19 down to
+# 5: 15 network calls), ancestral posterior steps with decoding noise factor 1, length beam x noise beam, MBR (the
+# paper's alternative to reranking with an AR model's perplexity).
+DIFFORMER_DECODE=(--decoding-steps 20 --decoding-early-stop 5 --decoding-method ddpm --decoding-noise-factor 1
+    --candidate-selection mbr-bleu)
 # DiffuSeq (Gong et al. 2023; its scripts/train.sh, QQP): sqrt schedule, T 2000, loss-aware time sampling (the
 # model's default), lr 1e-4 annealed linearly to 0, no weight decay, dropout 0.1, 2048 sequences per update,
 # EMA 0.9999 of the weights; decoding: all 2000 steps, 10 samples, MBR with sentence BLEU.

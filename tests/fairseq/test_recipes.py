@@ -116,6 +116,7 @@ def test_published_difformer_iwslt14_settings():
     generate = dry_run(RECIPES[0].parent / "iwslt14_de_en.sh", "difformer", "generate")[0]
     gen = _parse_fairseq(generate)
     assert (gen.decoding_steps, gen.decoding_early_stop, gen.length_beam, gen.noise_beam) == (20, 5, 7, 3)
+    assert gen.decoding_method == "ddpm" and gen.decoding_noise_factor == 1  # its generator samples the posterior
 
 
 @pytest.mark.parametrize("gpus, precision, expect", [
