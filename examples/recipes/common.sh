@@ -43,11 +43,13 @@ DIFFORMER_DECODE=(--decoding-steps 20 --decoding-early-stop 5 --decoding-method 
     --candidate-selection mbr-bleu)
 # DiffuSeq (Gong et al. 2023; its scripts/train.sh, QQP): sqrt schedule, T 2000, loss-aware time sampling (the
 # model's default), lr 1e-4 annealed linearly to 0, no weight decay, dropout 0.1, 2048 sequences per update,
-# EMA 0.9999 of the weights; decoding: all 2000 steps, 10 samples, MBR with sentence BLEU.
+# EMA 0.9999 of the weights; decoding (its sample_seq2seq.py with --step 2000): all 2000 steps ancestral (p_sample),
+# every z0_hat rounded to its nearest embedding (denoised_fn_round from clamp_step 0), 10 samples, MBR with
+# sentence BLEU.
 DIFFUSEQ=(--noise-schedule sqrt --diffusion-steps 2000 --optimizer adam --lr 1e-4 --weight-decay 0
     --lr-scheduler polynomial_decay --end-learning-rate 0 --dropout 0.1 --store-ema --ema-decay 0.9999
     --keep-last-epochs 5)
-DIFFUSEQ_DECODE=(--decoding-steps 2000 --noise-beam 10 --candidate-selection mbr-bleu)
+DIFFUSEQ_DECODE=(--decoding-steps 2000 --decoding-method ddpm --clamping --noise-beam 10 --candidate-selection mbr-bleu)
 
 # Masked diffusion (MDLM, MD4/GenMD4, DiffusionBERT): these papers train language models only, so nothing is
 # published for sequence-to-sequence data. The training conventions are MDLM's (configs/config.yaml: Adam

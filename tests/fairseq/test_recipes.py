@@ -119,6 +119,14 @@ def test_published_difformer_iwslt14_settings():
     assert gen.decoding_method == "ddpm" and gen.decoding_noise_factor == 1  # its generator samples the posterior
 
 
+def test_published_diffuseq_qqp_decoding():
+    """DiffuSeq's sample_seq2seq.py with --step 2000: 2000 ancestral steps, every z0_hat rounded (clamp_step 0),
+    MBR over 10 samples."""
+    gen = _parse_fairseq(dry_run(RECIPES[0].parent / "qqp.sh", "diffuseq", "generate")[0])
+    assert (gen.decoding_steps, gen.decoding_method, gen.clamping, gen.noise_beam) == (2000, "ddpm", True, 10)
+    assert gen.candidate_selection == "mbr-bleu" and gen.decoding_early_stop == 0
+
+
 @pytest.mark.parametrize("gpus, precision, expect", [
     ("4", "", ["--max-tokens", "16000", "--update-freq", "1", "--distributed-world-size", "4", "--ddp-backend",
                "no_c10d", "--fp16"]),
