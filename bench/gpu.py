@@ -40,8 +40,9 @@ def mfu(parameters: int, tokens_per_s: float, device: Optional[str], precision: 
     return 6 * parameters * tokens_per_s / peak if peak and parameters and tokens_per_s else None
 
 
-def run_gpu(s: Settings, max_tokens: int, warmup: int, force: bool = False) -> Optional[Dict]:
-    """``warmup``: updates before the timed window. The first batches of each shape are slow on a GPU (kernel
+def run_gpu(s: Settings, max_tokens: int, warmup: int, force: bool = False, optimizer: str = "adam") -> Optional[Dict]:
+    """``optimizer``: ``adam`` (the suite's) or ``adamw_torch`` (torch's fused AdamW: the same update in one kernel
+    rather than ~10 per parameter tensor). ``warmup``: updates before the timed window. The first batches of each shape are slow on a GPU (kernel
     selection; measured on an H200 in fp16: 2 updates/s over the first 50 updates, 13 over updates 150-200),
     so the window starts after an epoch of Multi30k at 4096 tokens (135 updates)."""
     import torch
@@ -53,7 +54,7 @@ def run_gpu(s: Settings, max_tokens: int, warmup: int, force: bool = False) -> O
     path = s.results / "gpu.json"
     settings = dataclasses.replace(s, cpu=not cuda, max_tokens=max_tokens, cost_warmup=warmup)
     key = {"commit": git_commit(), "max_tokens": max_tokens, "updates": warmup + s.cost_updates,
-           "device": torch.cuda.get_device_name(0) if cuda else "cpu"}
+           "device": torch.cuda.get_device_name(0) if cuda else "cpu", "optimizer": optimizer}
     cached = read_json(path)
     if cached and same_key(cached.get("key"), key) and not force and not failed(cached):
         print("bench: gpu: cached", flush=True)
@@ -69,7 +70,9 @@ def run_gpu(s: Settings, max_tokens: int, warmup: int, force: bool = False) -> O
             continue
         print(f"bench: gpu: {arch} {precision}", flush=True)
         try:
-            result["precisions"][precision] = _measure(spec, settings, key, force, precision, flags, result["device"])
+            optimizer_flags = [] if optimizer == "adam" else ["--optimizer", optimizer]  # after the suite's: it wins
+            result["precisions"][precision] = _measure(spec, settings, key, force, precision, flags, result["device"],
+                                                       optimizer_flags)
         except BenchError as err:  # e.g. fp16 overflow: recorded and reported, the other precisions still run
             print(f"bench: gpu: {precision} failed: {err}", flush=True)
             result["precisions"][precision] = {"error": str(err)}
@@ -83,8 +86,9 @@ def failed(result: Dict):
     return [p for p, e in result.get("precisions", {}).items() if "error" in e]
 
 
-def _measure(spec, settings: Settings, key: Dict, force: bool, precision: str, flags, device: str) -> Dict:
-    stats = train(spec, settings, key, force, extra=flags, tag=f"_{precision}")
+def _measure(spec, settings: Settings, key: Dict, force: bool, precision: str, flags, device: str,
+             optimizer_flags=()) -> Dict:
+    stats = train(spec, settings, key, force, extra=[*flags, *optimizer_flags], tag=f"_{precision}")
     w = stats["window"]
     tokens_per_s = (w["source_tokens"] + w["target_tokens"]) / w["seconds"] if w["seconds"] else None
     return {"target_tokens_per_s": stats.get("target_tokens_per_s"), "tokens_per_s": tokens_per_s,

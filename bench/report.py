@@ -336,7 +336,9 @@ class Report:
                             "machine fills it)."]
         note = " (smoke: CPU, tiny model; not a GPU figure)" if g.get("smoke") else ""
         updates = g["key"]["updates"]
-        lines += [f"`{g['model']}` on **{g['device']}**{note}, {g['key']['max_tokens']} tokens per batch; tokens = "
+        optimizer = g["key"].get("optimizer", "adam")
+        optimizer = "fairseq's adam" if optimizer == "adam" else f"`--optimizer {optimizer}`"
+        lines += [f"`{g['model']}` on **{g['device']}**{note}, {g['key']['max_tokens']} tokens per batch, {optimizer}; tokens = "
                   "source + target; MFU = 6 x parameters x tokens/s / dense peak of the device for the precision. "
                   f"Decoding ({_sentences(g)} sentences of test2016, batch 128) reads the checkpoint after the "
                   f"{updates} training updates, "

@@ -76,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpu-max-tokens", type=int, default=4096, help="tokens per batch of the GPU item")
     p.add_argument("--gpu-warmup", type=int, default=150, help="updates before the GPU item's timed window (the "
                    "first batches of each shape are slow on a GPU)")
+    p.add_argument("--gpu-optimizer", choices=["adam", "adamw_torch"], default="adam",
+                   help="the GPU item's optimizer: fairseq's adam (the suite's; a loop over tensors without apex) or "
+                        "difftext's adamw_torch (torch's fused AdamW, the same update)")
     p.add_argument("--threads", type=int, default=None, help="torch threads per process (default: torch's)")
     p.add_argument("--jobs", type=int, default=1, help="models run in parallel (timings need 1; smoke: 2)")
     p.add_argument("--verbose", action="store_true", help="print every command")
@@ -202,7 +205,7 @@ def run(args, chosen, all_specs, results: Path, work: Path) -> None:
         from bench.gpu import run_gpu
 
         max_tokens, warmup = (s.max_tokens, s.cost_warmup) if args.smoke else (args.gpu_max_tokens, args.gpu_warmup)
-        run_gpu(s, max_tokens, warmup, args.force)
+        run_gpu(s, max_tokens, warmup, args.force, optimizer=args.gpu_optimizer)
 
 
 if __name__ == "__main__":

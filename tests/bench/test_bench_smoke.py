@@ -110,8 +110,13 @@ def test_smoke_suite_end_to_end(tmp_path):
     (alone / "results").mkdir(parents=True)
     shutil.copy(out / "results" / "gpu.json", alone / "results" / "gpu.json")
     log = run_bench("--smoke", "--out", alone, "--models", "gpu", "--work-dir", out / "work",
-                    "--mt-data-bin", out / "work" / "data" / "multi30k")
+                    "--mt-data-bin", out / "work" / "data" / "multi30k", "--gpu-optimizer", "adamw_torch")
     assert "no RESULTS.md: it needs the CPU models' results" in log and not (alone / "RESULTS.md").exists()
+    fused = json.loads((alone / "results" / "gpu.json").read_text())  # another optimizer: measured again
+    assert fused["key"]["optimizer"] == "adamw_torch" and gpu["key"]["optimizer"] == "adam"
+    assert fused["precisions"]["fp32"]["train_command"].endswith("--optimizer adamw_torch")
+    assert "--optimizer" not in " ".join(v["command"] for v in fused["precisions"]["fp32"]["decode"].values()
+                                         if isinstance(v, dict))
 
     # --reevaluate decodes again on the finished training (after a change to decoding)
     before = json.loads((out / "results" / "mdlm.json").read_text())
@@ -213,6 +218,9 @@ def test_report_names_a_gpu_precision_that_failed():
     assert "Decoding (512 sentences of test2016, batch 128) reads the checkpoint after the 220 training" in text
     assert "| fp16 | failed | failed | failed | failed | failed | failed |" in text
     assert "- **fp16 failed**: python train_worker.py failed (exit 1); log x: ... `FloatingPointError: Minimum" in text
+    assert "4096 tokens per batch, fairseq's adam;" in text  # results from before --gpu-optimizer: fairseq's
+    gpu["key"]["optimizer"] = "adamw_torch"
+    assert "4096 tokens per batch, `--optimizer adamw_torch`;" in "\n".join(Report({}, gpu, "c").gpu_section())
 
 
 def test_commit_outside_a_git_checkout(tmp_path, monkeypatch):
