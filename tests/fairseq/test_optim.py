@@ -61,3 +61,11 @@ def test_trains_and_resumes_through_fairseq_train(data_bin, tmp_path):
     text = resumed.stdout + resumed.stderr
     assert re.search(r"Loaded checkpoint .*checkpoint_last\.pt \(epoch \d+ @ 3 updates\)", text)
     assert re.search(r"num_updates 5\b", text)
+
+
+def test_bf16_training_steps_the_fp32_masters(data_bin, tmp_path):
+    """--bf16: fairseq keeps fp32 master copies and hands them to the optimizer, which steps them fused."""
+    args = train_args(data_bin, tmp_path, "difformer_tiny", "--optimizer", "adamw_torch", "--bf16",
+                      "--max-update", "2", "--log-interval", "1")
+    text = run_cli(args).stdout
+    assert re.search(r"num_updates 2\b", text) and re.search(r"loss \d+\.\d+", text)
