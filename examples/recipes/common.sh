@@ -27,10 +27,10 @@ STAGES="prepare teacher distill train average generate score"
 
 # --- what each family's paper publishes, whatever the dataset (REFERENCES.md sec. 1-5) ---------------------
 # Difformer (Gao et al. 2024; its scripts/<dataset>/train.sh): sqrt schedule, T 2000, noise factor 4, affine
-# embedding norm, self-conditioning, anchor CE with label smoothing 0.1, length loss 0.1, Adam (0.9, 0.98),
+# embedding norm, BERT initialisation of the denoiser, self-conditioning, anchor CE with label smoothing 0.1, length loss 0.1, Adam (0.9, 0.98),
 # inverse-sqrt lr with 10k warmup from 1e-7, clip 1, weight decay 0.01; best checkpoints by validation BLEU
 # (20 decoding steps), the best 5 kept and averaged.
-DIFFORMER=(--noise-schedule sqrt --diffusion-steps 2000 --noise-factor 4 --embed-norm affine
+DIFFORMER=(--noise-schedule sqrt --diffusion-steps 2000 --noise-factor 4 --embed-norm affine --apply-bert-init
     --self-condition-prob 0.5 --label-smoothing 0.1 --length-loss-factor 0.1
     --optimizer adam --adam-betas "(0.9,0.98)" --lr-scheduler inverse_sqrt --warmup-updates 10000
     --warmup-init-lr 1e-07 --clip-norm 1.0 --weight-decay 0.01

@@ -51,6 +51,11 @@ class DifformerConfig(EmbeddingDiffusionConfig):
         metadata={"help": "also feed the decoder the source embeddings copied to the target length by uniform "
                   "alignment (NAT decoder inputs, Gu et al. 2018); speeds up early training"},
     )
+    apply_bert_init: bool = field(
+        default=False,
+        metadata={"help": "BERT's initialisation (normal(0, 0.02) weights, zero biases) of the denoiser, as the "
+                  "reference code's --apply-bert-init does to its decoder"},
+    )
 
 
 @register_model("difformer", dataclass=DifformerConfig)
@@ -66,6 +71,12 @@ class DifformerModel(EmbeddingDiffusionModel):
         self.decoder = Stack(cfg, layers=cfg.decoder_layers, max_positions=cfg.max_target_positions, cross_attention=True)
         self.out_proj = nn.Linear(d, lat)
         self.length = LengthPredictor(d, pad=self.pad, offset=cfg.pred_length_offset)
+        if cfg.apply_bert_init:
+            from fairseq.modules.transformer_sentence_encoder import init_bert_params
+
+            for module in (self.z_proj, self.copy_proj, self.time, self.decoder, self.out_proj):
+                if module is not None:
+                    module.apply(init_bert_params)
 
     @classmethod
     def build_model(cls, cfg, task):

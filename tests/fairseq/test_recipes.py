@@ -113,6 +113,7 @@ def test_published_difformer_iwslt14_settings():
     assert ns.arch == "difformer_iwslt_de_en" and ns.data.endswith("data-bin-kd"), "distilled data"
     assert (ns.lr, ns.dropout, ns.max_tokens, ns.max_update, ns.warmup_updates) == ([5e-4], 0.3, 8000, 300000, 10000)
     assert ns.noise_factor == 4 and ns.diffusion_steps == 2000 and ns.fp16 and ns.keep_best_checkpoints == 5
+    assert ns.apply_bert_init  # its train.sh: --apply-bert-init
     generate = dry_run(RECIPES[0].parent / "iwslt14_de_en.sh", "difformer", "generate")[0]
     gen = _parse_fairseq(generate)
     assert (gen.decoding_steps, gen.decoding_early_stop, gen.length_beam, gen.noise_beam) == (20, 5, 7, 3)

@@ -1,0 +1,30 @@
+"""``--apply-bert-init``: BERT's initialisation of Difformer's denoiser, as the reference code's flag."""
+import torch
+from fairseq import options, tasks
+from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+
+from tests.fairseq.cli_helpers import ROOT
+
+
+def build(data_bin, *extra):
+    parser = options.get_training_parser()
+    args = options.parse_args_and_arch(parser, [
+        str(data_bin), "--user-dir", str(ROOT / "fairseq_plugins"), "--task", "text_diffusion",
+        "--arch", "difformer_small", "--criterion", "text_diffusion_loss", "--optimizer", "adam", "--cpu", *extra])
+    cfg = convert_namespace_to_omegaconf(args)
+    torch.manual_seed(1)
+    return tasks.setup_task(cfg.task).build_model(cfg.model)
+
+
+def test_bert_init_of_the_denoiser_only(data_bin):
+    plain, bert = build(data_bin), build(data_bin, "--apply-bert-init")
+    for model, std in ((plain, None), (bert, 0.02)):
+        fc = model.decoder.layers[0].fc1
+        if std is None:  # fairseq's xavier uniform: std sqrt(2 / (256 + 1024)) = 0.040
+            assert fc.weight.std() > 0.03
+        else:
+            assert abs(float(fc.weight.std()) - std) < 0.002 and not fc.bias.any()
+            assert abs(float(model.z_proj.weight.std()) - std) < 0.004 and not model.out_proj.bias.any()
+    for name in ("encoder", "src_proj", "embed"):  # the encoder side keeps its initialisation, as in the reference
+        assert all(torch.equal(a, b) for a, b in zip(getattr(plain, name).state_dict().values(),
+                                                     getattr(bert, name).state_dict().values())), name
