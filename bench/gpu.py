@@ -40,11 +40,13 @@ def mfu(parameters: int, tokens_per_s: float, device: Optional[str], precision: 
     return 6 * parameters * tokens_per_s / peak if peak and parameters and tokens_per_s else None
 
 
-def run_gpu(s: Settings, max_tokens: int, warmup: int, force: bool = False, optimizer: str = "adam") -> Optional[Dict]:
+def run_gpu(s: Settings, max_tokens: int, warmup: int, force: bool = False,
+            optimizer: str = "adam") -> Optional[Dict]:
     """``optimizer``: ``adam`` (the suite's) or ``adamw_torch`` (torch's fused AdamW: the same update in one kernel
-    rather than ~10 per parameter tensor). ``warmup``: updates before the timed window. The first batches of each shape are slow on a GPU (kernel
-    selection; measured on an H200 in fp16: 2 updates/s over the first 50 updates, 13 over updates 150-200),
-    so the window starts after an epoch of Multi30k at 4096 tokens (135 updates)."""
+    rather than ~10 per parameter tensor). ``warmup``: updates before the timed window. The first batches of each
+    shape are slow on a GPU (kernel selection; measured on an H200 in fp16: 2 updates/s over the first 50
+    updates, 13 over updates 150-200), so the window starts after an epoch of Multi30k at 4096 tokens (135
+    updates)."""
     import torch
 
     cuda = torch.cuda.is_available()

@@ -235,8 +235,9 @@ class Report:
             return "not measured"
         p = r["decode"]["profile"]
         calls = g["steps"] - g.get("early_stop", 0)
-        steps = f"{g['steps']} steps" + (f" (early stop {g['early_stop']}: {calls} network calls)" if calls != g["steps"]
-                                         else "")
+        steps = f"{g['steps']} steps"
+        if calls != g["steps"]:
+            steps += f" (early stop {g['early_stop']}: {calls} network calls)"
         return (f"{steps} x {g['length_beam'] * g['noise_beam']} candidates per sentence; network "
                 f"forward passes are {fmt(1 - p['outside_forward_share'], 0, pct=True)} of decoding "
                 f"({p['config']}, batch 128)" if p.get("outside_forward_share") is not None else "")
@@ -338,8 +339,9 @@ class Report:
         updates = g["key"]["updates"]
         optimizer = g["key"].get("optimizer", "adam")
         optimizer = "fairseq's adam" if optimizer == "adam" else f"`--optimizer {optimizer}`"
-        lines += [f"`{g['model']}` on **{g['device']}**{note}, {g['key']['max_tokens']} tokens per batch, {optimizer}; tokens = "
-                  "source + target; MFU = 6 x parameters x tokens/s / dense peak of the device for the precision. "
+        lines += [f"`{g['model']}` on **{g['device']}**{note}, {g['key']['max_tokens']} tokens per batch, {optimizer}; "
+                  "tokens = source + target; MFU = 6 x parameters x tokens/s / dense peak of the device for the "
+                  "precision. "
                   f"Decoding ({_sentences(g)} sentences of test2016, batch 128) reads the checkpoint after the "
                   f"{updates} training updates, "
                   "so its BLEU is no quality figure; `length x` is the mean output length over the reference length "

@@ -7,8 +7,8 @@ is the same update through ``torch.optim.AdamW``: ``fused`` (one kernel over eve
 ``foreach`` (one kernel per operation over a list of tensors) or ``for-loop``, chosen by
 ``--adamw-implementation`` (``auto``: fused where torch has the kernel, else foreach). On the benchmark's
 Xeon (one thread, 5.8M parameters in 98 tensors) a step took 7.7 ms fused, 24 ms foreach, 23 ms as a loop and
-19 ms with fairseq's ``adam``. It takes the flat parameter buffer of
-fairseq's ``--fp16`` optimizer as well as the per-tensor masters of ``--bf16``.
+19 ms with fairseq's ``adam``. It takes the flat parameter buffer of fairseq's ``--fp16`` optimizer as well as
+the per-tensor fp32 masters of ``--bf16``.
 
 One difference from fairseq's ``adam``: torch adds eps to the bias-corrected sqrt(v_hat), fairseq to sqrt(v)
 before the correction, so fairseq's eps is larger by 1 / sqrt(1 - beta2^step) in the early updates: with eps
@@ -16,6 +16,7 @@ before the correction, so fairseq's eps is larger by 1 / sqrt(1 - beta2^step) in
 (a test checks both against each other). Checkpoints of one optimizer do not resume the other
 (``--reset-optimizer``).
 """
+import ast
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any, List
@@ -63,7 +64,7 @@ class TorchAdamW(FairseqOptimizer):
         """Arguments that override those stored in a checkpoint (fairseq's convention), as its ``adam``."""
         lr = self.cfg.lr[0] if isinstance(self.cfg.lr, Collection) else self.cfg.lr
         betas = self.cfg.adam_betas
-        betas = eval(betas) if isinstance(betas, str) else (  # fairseq's own flag format: "(0.9, 0.98)"
+        betas = ast.literal_eval(betas) if isinstance(betas, str) else (  # fairseq's flag format: "(0.9, 0.98)"
             OmegaConf.to_container(betas) if OmegaConf.is_config(betas) else betas)
         return {"lr": lr, "betas": tuple(betas), "eps": self.cfg.adam_eps, "weight_decay": self.cfg.weight_decay}
 

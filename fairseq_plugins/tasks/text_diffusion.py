@@ -49,7 +49,8 @@ class TextDiffusionConfig(TranslationConfig):
         default=None, metadata={"help": "noise factor used at decoding (default: the training factor)"}
     )
     decoding_early_stop: int = field(
-        default=0, metadata={"help": "leave out the last S of the N steps and output the z0_hat of step N - S, as Difformer's reference generator (20 steps, early stop 5: 15 network calls; 0: run all)"}
+        default=0, metadata={"help": "leave out the last S of the N steps and output the z0_hat of step N - S, as "
+                             "Difformer's reference generator (20 steps, early stop 5: 15 network calls; 0: all)"}
     )
     # masked (discrete) diffusion models
     sampler: Optional[str] = field(
