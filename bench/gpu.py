@@ -12,7 +12,7 @@ import sys
 from typing import Dict, Optional
 
 from bench.common import BENCH, BenchError, git_commit, machine, now, read_json, relative, run_logged, write_json
-from bench.models import CONTINUOUS, specs
+from bench.models import CONTINUOUS, PAPER_CONTINUOUS, specs
 from bench.pipeline import Settings, same_key, train
 
 PRECISIONS = {"fp32": [], "fp16": ["--fp16"], "bf16": ["--bf16"]}
@@ -21,8 +21,7 @@ PRECISIONS = {"fp32": [], "fp16": ["--fp16"], "bf16": ["--bf16"]}
 PEAKS = {"H200": (67e12, 989e12), "H100 PCIe": (51e12, 756e12), "H100": (67e12, 989e12),
          "A100": (19.5e12, 312e12), "V100": (15.7e12, 125e12)}
 DECODE = {"s20_k1_m1_score": ["--decoding-steps", "20"],
-          "s20_k7_m3_mbr-bleu": ["--decoding-steps", "20", "--length-beam", "7", "--noise-beam", "3",
-                                 "--candidate-selection", "mbr-bleu"]}
+          PAPER_CONTINUOUS.name: list(PAPER_CONTINUOUS.flags)}  # Difformer's published decoding, early stop 5
 SMOKE_DECODE = {"s2_k1_m1_score": ["--decoding-steps", "2"],
                 "s2_k2_m1_mbr-bleu": ["--decoding-steps", "2", "--length-beam", "2",
                                       "--candidate-selection", "mbr-bleu"]}
