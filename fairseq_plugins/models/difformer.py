@@ -71,7 +71,7 @@ class DifformerModel(EmbeddingDiffusionModel):
         self.decoder = Stack(cfg, layers=cfg.decoder_layers, max_positions=cfg.max_target_positions, cross_attention=True)
         self.out_proj = nn.Linear(d, lat)
         self.length = LengthPredictor(d, pad=self.pad, offset=cfg.pred_length_offset)
-        if cfg.apply_bert_init:
+        if getattr(cfg, "apply_bert_init", False):  # absent from checkpoints saved before the flag existed
             from fairseq.modules.transformer_sentence_encoder import init_bert_params
 
             for module in (self.z_proj, self.copy_proj, self.time, self.decoder, self.out_proj):

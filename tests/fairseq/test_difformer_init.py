@@ -28,3 +28,17 @@ def test_bert_init_of_the_denoiser_only(data_bin):
     for name in ("encoder", "src_proj", "embed"):  # the encoder side keeps its initialisation, as in the reference
         assert all(torch.equal(a, b) for a, b in zip(getattr(plain, name).state_dict().values(),
                                                      getattr(bert, name).state_dict().values())), name
+
+
+def test_checkpoint_from_before_the_flag_still_loads(difformer_dir, data_bin, tmp_path):
+    """A checkpoint whose stored model config predates --apply-bert-init (no such key) decodes as before."""
+    import fairseq_plugins  # noqa: F401  (the safe loader's allowlist)
+
+    from tests.fairseq.cli_helpers import generate_args, run_cli
+
+    state = torch.load(difformer_dir / "checkpoint_last.pt", map_location="cpu", weights_only=True)
+    assert "apply_bert_init" in state["cfg"]["model"]
+    del state["cfg"]["model"]["apply_bert_init"]
+    torch.save(state, tmp_path / "old.pt")
+    out = run_cli(generate_args(data_bin, tmp_path / "old.pt", "--decoding-steps", "2")).stdout
+    assert out.count("\nH-") > 0 and "BLEU" in out
