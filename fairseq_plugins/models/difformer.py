@@ -23,7 +23,7 @@ from fairseq_plugins.models.embedding_diffusion import (
     EmbeddingDiffusionModel,
     architecture_defaults,
 )
-from fairseq_plugins.models.layers import LengthPredictor, Stack
+from fairseq_plugins.models.layers import LengthPredictor, Stack, config_defaults
 
 
 class Encoded(NamedTuple):
@@ -71,7 +71,7 @@ class DifformerModel(EmbeddingDiffusionModel):
         self.decoder = Stack(cfg, layers=cfg.decoder_layers, max_positions=cfg.max_target_positions, cross_attention=True)
         self.out_proj = nn.Linear(d, lat)
         self.length = LengthPredictor(d, pad=self.pad, offset=cfg.pred_length_offset)
-        if getattr(cfg, "apply_bert_init", False):  # absent from checkpoints saved before the flag existed
+        if cfg.apply_bert_init:
             from fairseq.modules.transformer_sentence_encoder import init_bert_params
 
             for module in (self.z_proj, self.copy_proj, self.time, self.decoder, self.out_proj):
@@ -81,7 +81,7 @@ class DifformerModel(EmbeddingDiffusionModel):
     @classmethod
     def build_model(cls, cfg, task):
         cls.check_dictionaries(task)
-        return cls(cfg, task.target_dictionary)
+        return cls(config_defaults(cfg, DifformerConfig), task.target_dictionary)
 
     def max_positions(self):
         return (self.cfg.max_source_positions, self.cfg.max_target_positions)

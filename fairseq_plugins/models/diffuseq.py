@@ -24,7 +24,7 @@ from fairseq_plugins.models.embedding_diffusion import (
     architecture_defaults,
 )
 from fairseq_plugins.errors import DifftextError
-from fairseq_plugins.models.layers import Stack
+from fairseq_plugins.models.layers import Stack, config_defaults
 
 
 @dataclass
@@ -50,7 +50,7 @@ class DiffuSeqModel(EmbeddingDiffusionModel):
     @classmethod
     def build_model(cls, cfg, task):
         cls.check_dictionaries(task)
-        return cls(cfg, task.target_dictionary)
+        return cls(config_defaults(cfg, DiffuSeqConfig), task.target_dictionary)
 
     def max_positions(self):
         # Training: the target and its eos must fit in the region. Decoding writes its own region, so

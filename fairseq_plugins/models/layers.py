@@ -4,7 +4,7 @@ Inputs and outputs are batch-first ``(B, L, C)``; fairseq's layers work time-fir
 Also the pieces every family shares: the transformer size options (:class:`StackConfig`) and the
 fairseq-NAT-style length predictor (:class:`LengthPredictor`).
 """
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from typing import Optional
 
 import torch
@@ -15,6 +15,7 @@ from fairseq.utils import safe_getattr
 from fairseq.modules import LayerNorm
 from fairseq.modules.rotary_positional_embedding import apply_rotary_pos_emb
 from fairseq.modules.transformer_layer import TransformerDecoderLayerBase, TransformerEncoderLayerBase
+from omegaconf import OmegaConf, open_dict
 from torch import nn
 
 from fairseq_plugins.errors import DifftextError
@@ -24,6 +25,29 @@ def architecture_defaults(args, **defaults):
     """Fill every field of ``args`` that the user did not set from ``defaults`` (fairseq arch presets)."""
     for name, value in defaults.items():
         setattr(args, name, safe_getattr(args, name, value))
+
+
+def config_defaults(cfg, config_class):
+    """``cfg`` with every field of ``config_class`` it lacks set to the field's default (in place; returned).
+
+    A checkpoint stores the model config it was trained with, under its arch name (``difformer_small``), and
+    fairseq merges a model's dataclass defaults only into configs named after the model itself, so a field added
+    after the checkpoint was saved would be missing when the model is built again. Defaults that interpolate
+    other config groups (``${task.x}``) are left out: a checkpoint's config always has those fields.
+    """
+    if not OmegaConf.is_config(cfg):
+        return cfg
+    missing = {}
+    for f in fields(config_class):
+        if f.name in cfg:
+            continue
+        default = f.default_factory() if f.default_factory is not MISSING else f.default
+        if default is not MISSING and not (isinstance(default, str) and default.startswith("${")):
+            missing[f.name] = default.value if hasattr(default, "value") else default  # ChoiceEnum members
+    if missing:
+        with open_dict(cfg):
+            cfg.update(missing)
+    return cfg
 
 
 def check_joined_dictionary(model_name: str, task) -> None:

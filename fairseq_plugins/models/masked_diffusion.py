@@ -35,6 +35,7 @@ from fairseq_plugins.models.layers import (
     architecture_defaults,
     bf16_for_inference,
     check_joined_dictionary,
+    config_defaults,
 )
 
 TIME_CONDITIONING = ("none", "prefix", "layerwise")
@@ -220,7 +221,7 @@ class MaskedDiffusionSeq2Seq(MaskedDiffusionBase):
     @classmethod
     def build_model(cls, cfg, task):
         check_joined_dictionary(cls.__name__, task)
-        model = cls(cfg, task.target_dictionary)
+        model = cls(config_defaults(cfg, MaskedSeq2SeqConfig), task.target_dictionary)
         if cfg.bert_init and not _from_checkpoint(task):
             model.initialise_from_bert([model.encoder, model.decoder])
         return model
@@ -286,6 +287,7 @@ class MaskedDiffusionLM(MaskedDiffusionBase):
 
     @classmethod
     def build_model(cls, cfg, task):
+        cfg = config_defaults(cfg, MaskedLMConfig)
         length = getattr(task.cfg, "tokens_per_sample", None)
         if length is not None and length > cfg.max_target_positions:
             raise DifftextError(

@@ -1,4 +1,5 @@
-"""``--apply-bert-init``: BERT's initialisation of Difformer's denoiser, as the reference code's flag."""
+"""``--apply-bert-init``: BERT's initialisation of Difformer's denoiser, as the reference code's flag; and
+checkpoints saved before a model config field existed (``config_defaults``)."""
 import torch
 from fairseq import options, tasks
 from fairseq.dataclass.utils import convert_namespace_to_omegaconf
@@ -19,6 +20,7 @@ def build(data_bin, *extra):
 def test_bert_init_of_the_denoiser_only(data_bin):
     plain, bert = build(data_bin), build(data_bin, "--apply-bert-init")
     for model, std in ((plain, None), (bert, 0.02)):
+        model.requires_grad_(False)
         fc = model.decoder.layers[0].fc1
         if std is None:  # fairseq's xavier uniform: std sqrt(2 / (256 + 1024)) = 0.040
             assert fc.weight.std() > 0.03
@@ -42,3 +44,17 @@ def test_checkpoint_from_before_the_flag_still_loads(difformer_dir, data_bin, tm
     torch.save(state, tmp_path / "old.pt")
     out = run_cli(generate_args(data_bin, tmp_path / "old.pt", "--decoding-steps", "2")).stdout
     assert out.count("\nH-") > 0 and "BLEU" in out
+
+
+def test_config_defaults_fill_only_what_is_missing():
+    from omegaconf import OmegaConf
+
+    from fairseq_plugins.models.layers import config_defaults
+    from fairseq_plugins.models.masked_diffusion import MaskedLMConfig
+
+    cfg = OmegaConf.create({"position_encoding": "learned", "max_target_positions": 64})
+    OmegaConf.set_struct(cfg, True)
+    out = config_defaults(cfg, MaskedLMConfig)
+    assert out is cfg and cfg.position_encoding == "learned" and cfg.max_target_positions == 64  # kept
+    assert cfg.antithetic_time is True and cfg.time_conditioning == "none"  # filled with the defaults
+    assert isinstance(cfg.time_conditioning, str)
