@@ -66,12 +66,12 @@ def run_gpu(s: Settings, max_tokens: int, warmup: int, force: bool = False,
                                cost_only=True)
     result = {"model": arch, "key": key, "date": now(), "machine": machine(s.threads), "smoke": s.smoke,
               "device": key["device"], "precisions": {}}
+    optimizer_flags = [] if optimizer == "adam" else ["--optimizer", optimizer]  # after the suite's: it wins
     for precision, flags in PRECISIONS.items():
         if not cuda and precision != "fp32":
             continue
         print(f"bench: gpu: {arch} {precision}", flush=True)
         try:
-            optimizer_flags = [] if optimizer == "adam" else ["--optimizer", optimizer]  # after the suite's: it wins
             result["precisions"][precision] = _measure(spec, settings, key, force, precision, flags, result["device"],
                                                        optimizer_flags)
         except BenchError as err:  # e.g. fp16 overflow: recorded and reported, the other precisions still run

@@ -15,8 +15,8 @@ from typing import Dict, List
 import torch
 
 from difftext.mbr import bleu_utility, mbr_rank, rouge_utility
-from difftext.samplers.continuous import (NearestEmbedding, nearest_embedding, respaced_steps, row_logsumexp, row_top,
-                                          sample)
+from difftext.samplers.continuous import (NearestEmbedding, decoding_schedule, nearest_embedding, row_logsumexp,
+                                          row_top, sample)
 from difftext.samplers.masked import SAMPLERS, get_sampler
 from fairseq_plugins.errors import DifftextError
 
@@ -122,14 +122,9 @@ class DiffusionGenerator:
                 )
         else:
             try:
-                respaced_steps(model.diffusion.num_steps, cfg.decoding_steps)
+                decoding_schedule(model.diffusion.num_steps, cfg.decoding_steps, cfg.decoding_early_stop)
             except ValueError as err:
                 raise DifftextError(str(err)) from None
-            if not 0 <= cfg.decoding_early_stop < cfg.decoding_steps:
-                raise DifftextError(
-                    f"--decoding-early-stop {cfg.decoding_early_stop} leaves out the last S of the "
-                    f"{cfg.decoding_steps} steps, so it must be 0 <= S < --decoding-steps (Difformer: 20 steps, early "
-                    "stop 5)")
         selection = cfg.candidate_selection
         if selection in MBR_UTILITIES and cfg.length_beam * cfg.noise_beam < 2:
             raise DifftextError(

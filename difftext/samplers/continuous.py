@@ -33,6 +33,19 @@ def respaced_steps(num_steps: int, decoding_steps: int) -> list:
     return [int(round(float(x))) for x in grid]
 
 
+def decoding_schedule(num_steps: int, decoding_steps: int, early_stop: int = 0) -> list:
+    """The steps a reverse process runs: :func:`respaced_steps` without its last ``early_stop`` (Difformer's early
+    stop: its reference generator runs ``range(early_stopping, steps)[::-1]``, so 20 steps with early stop 5 are 15
+    network calls, ending at the 6th least noisy step)."""
+    steps = respaced_steps(num_steps, decoding_steps)
+    if not 0 <= early_stop < len(steps):
+        raise ValueError(
+            f"--decoding-early-stop {early_stop} leaves no step of {len(steps)}: it leaves out the last S of the N "
+            f"steps, so use 0 <= S < --decoding-steps (Difformer: 20 steps, early stop 5)"
+        )
+    return steps[: len(steps) - early_stop]
+
+
 # Rows per product in a full search. On the 2-core Xeon of the benchmark (one thread, V = 8000, D = 128), 1231
 # real clamp points took 26.5 ms in chunks of 256 or 512 rows, 28 ms in 128, 32 ms in 1024: the (chunk, V) scores
 # of a smaller chunk are read back from cache rather than from memory when their best rows are taken.
@@ -310,9 +323,8 @@ def sample(
     clamp_embeddings: (V, D) rows to clamp z0_hat onto each step (None: no clamping).
     clamp_mask: (B, L) positions to clamp (None: all). Leave out those the output never reads, such as
     padding past a candidate's length or a fixed source: a position's search may cost a (V, D) product.
-    early_stop: if > 0, leave out the last ``early_stop`` steps of the schedule: N - early_stop network calls,
-    and the z0_hat of the last one is the output (Difformer's "20 steps, early stop 5": 15 calls, from the noisiest
-    step down to the 6th least noisy, as its reference generator's ``range(early_stopping, steps)[::-1]``).
+    early_stop: if > 0, leave out the last ``early_stop`` steps of the schedule (:func:`decoding_schedule`):
+    N - early_stop network calls, and the z0_hat of the last one is the output.
     clamp_final: False leaves the last z0_hat unclamped, for a caller that rounds it itself from the product it
     needs for its scores anyway (the generator). Each clamp searches the table with :class:`NearestEmbedding`,
     which reuses the previous step's nearest rows where it can prove them still nearest.
@@ -321,11 +333,7 @@ def sample(
     """
     if method not in STEPS:
         raise ValueError(f"unknown sampling method {method!r}; choose one of {sorted(STEPS)}")
-    steps = respaced_steps(diffusion.num_steps, decoding_steps)
-    if not 0 <= early_stop < len(steps):
-        raise ValueError(f"early stop {early_stop} leaves no step of {len(steps)}: use 0 <= early stop < the "
-                         f"number of decoding steps")
-    steps = steps[: len(steps) - early_stop]
+    steps = decoding_schedule(diffusion.num_steps, decoding_steps, early_stop)
     z_t = reset_clean(z_T, z0_fixed, keep_mask)
     if return_indices and (clamp_embeddings is None or not clamp_final):
         raise ValueError("return_indices needs clamp_embeddings and clamp_final (the indices are the clamped rows)")
