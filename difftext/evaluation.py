@@ -89,6 +89,20 @@ def distinct_n(texts: Sequence[str], n: int) -> float:
     return len(set(grams)) / len(grams) if grams else 0.0
 
 
+def repeated_tokens(texts: Sequence[str]) -> float:
+    """Share of whitespace tokens equal to the token before them in the same text; 0 when there is none.
+
+    The token repetition of non-autoregressive outputs ("a a man man"): positions predicted in parallel settle on
+    the same word (Gu et al. 2018; Ghazvininejad et al. 2019 report it as the share of repeated tokens).
+    """
+    total = repeats = 0
+    for text in texts:
+        tokens = text.split()
+        total += len(tokens)
+        repeats += sum(a == b for a, b in zip(tokens, tokens[1:]))
+    return repeats / total if total else 0.0
+
+
 def diffuseq_protocol(hyps: Sequence[str], refs: Sequence[str]) -> Dict[str, float]:
     """DiffuSeq's eval_seq2seq.py numbers: sentence BLEU, ROUGE-L, dist-1 and length, averaged over sentences."""
     n = max(len(hyps), 1)
@@ -108,7 +122,8 @@ def self_bleu(candidates: Sequence[str]) -> Optional[float]:
 
 def diversity(groups: Sequence[Sequence[str]]) -> Dict[str, Optional[float]]:
     """Self-BLEU and div-4 among each input's candidates (first candidate = the selected output), plus
-    corpus distinct-1..4 of the selected outputs. Self-BLEU/div-4 are None when no input has 2 candidates."""
+    corpus distinct-1..4 and the share of repeated tokens (:func:`repeated_tokens`) of the selected outputs.
+    Self-BLEU/div-4 are None when no input has 2 candidates."""
     several = [g for g in groups if len(g) >= 2]
     out: Dict[str, Optional[float]] = {
         "self_bleu": mean(self_bleu(g) for g in several) if several else None,
@@ -117,6 +132,7 @@ def diversity(groups: Sequence[Sequence[str]]) -> Dict[str, Optional[float]]:
     }
     selected = [g[0] for g in groups]
     out.update({f"distinct_{n}": distinct_n(selected, n) for n in range(1, 5)})
+    out["repeated_tokens"] = repeated_tokens(selected)
     return out
 
 

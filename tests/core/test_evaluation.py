@@ -10,6 +10,7 @@ from difftext.evaluation import (
     diffuseq_protocol,
     distinct_n,
     diversity,
+    repeated_tokens,
     evaluate,
     flatten,
     format_table,
@@ -78,13 +79,22 @@ def test_distinct_n_and_self_bleu():
     assert diversity([["a"], ["b"]])["self_bleu"] is None
 
 
+def test_repeated_tokens_counts_a_token_equal_to_the_one_before_it():
+    # "a a man man on on on": 4 of 7 tokens repeat their predecessor; a repeat across two texts does not count
+    assert repeated_tokens(["a a man man on on on"]) == pytest.approx(4 / 7)
+    assert repeated_tokens(["the dog", "dog runs"]) == 0.0
+    assert repeated_tokens(["a b a b", ""]) == 0.0 and repeated_tokens([]) == 0.0
+    div = diversity([["x x y", "x y"], ["z"]])  # the selected outputs (first candidates) only: 1 of 4 tokens
+    assert div["repeated_tokens"] == pytest.approx(1 / 4)
+
+
 def test_evaluate_counts_empty_outputs_and_checks_counts():
     res = evaluate([["", "x"], ["two men play football"]], ["the dog runs", "two men play football"])
     assert res["sentences"] == 2 and res["empty_hypotheses"] == 1 and res["candidates_per_input"] == 2
     assert 0 < res["sacrebleu"]["score"] < 100 and res["length"]["hyp_mean"] == 2.0
     flat = flatten(res)
     assert {"sacrebleu", "tokenized_bleu", "rouge1", "rougeL", "diffuseq_bleu", "self_bleu", "distinct_2",
-            "length_ratio", "empty_hypotheses"} <= set(flat)
+            "repeated_tokens", "length_ratio", "empty_hypotheses"} <= set(flat)
     table = format_table(res)
     assert "empty_hypotheses" in table and "sacrebleu signature: nrefs:1" in table
     with pytest.raises(ValueError, match="2 inputs with outputs but 3 references"):
