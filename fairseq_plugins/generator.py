@@ -10,6 +10,7 @@ mean token log-probability or by MBR (sentence BLEU or ROUGE-L).
 The result follows fairseq's generator contract: per input, a list of hypothesis dicts with
 ``tokens`` (ending in eos), ``score``, ``positional_scores`` and ``alignment``.
 """
+import logging
 from typing import Dict, List
 
 import torch
@@ -27,6 +28,7 @@ FAIRSEQ_SAMPLING = {"sampling": (False, "--sampler ddpm"), "temperature": (1.0, 
                     "sampling_topk": (-1, "--token-topk"), "sampling_topp": (-1.0, "--token-topp")}
 MBR_UTILITIES = {"mbr-bleu": bleu_utility, "mbr-rouge": rouge_utility}  # --candidate-selection -> utility
 DEFAULT_SAMPLER = "confidence"  # mask-predict: the strong choice for translation
+logger = logging.getLogger(__name__)
 
 
 def masked_sampler(cfg):
@@ -87,6 +89,7 @@ class DiffusionGenerator:
         self.model, self.tgt_dict, self.cfg, self.gen = models[0], tgt_dict, cfg, gen
         self.pad, self.eos, self.bos = tgt_dict.pad(), tgt_dict.eos(), tgt_dict.bos()
         self._table = self._table_key = self._search = None
+        self.removed_repeats = self.kept_tokens = 0  # --remove-repeats: tokens dropped / kept so far
         self._validate()
 
     @property
@@ -244,6 +247,10 @@ class DiffusionGenerator:
             keep = output_mask & special.long().cumsum(1).eq(0)
         else:
             keep = output_mask & ~special
+        removed = repeats_of_kept(tokens, keep) if self.cfg.remove_repeats else None
+        if removed is not None:
+            keep = keep & ~removed
+            self._count_repeats(int(removed.sum()), int(keep.sum()))
         lengths = keep.sum(1)  # (N,)
         n = tokens.size(0)
         width = int(lengths.max()) + 1 if n else 1
@@ -268,6 +275,13 @@ class DiffusionGenerator:
             for i, length in enumerate(lengths.tolist())
         ]
 
+    def _count_repeats(self, removed: int, kept: int) -> None:
+        if self.removed_repeats == 0 and removed:
+            logger.info("--remove-repeats: dropping output tokens equal to the token before them (totals in the "
+                        "generator's removed_repeats / kept_tokens)")
+        self.removed_repeats += removed
+        self.kept_tokens += kept
+
     def _select(self, candidates: List[Dict], owner: torch.Tensor, bsz: int) -> List[List[Dict]]:
         groups: List[List[Dict]] = [[] for _ in range(bsz)]
         for cand, b in zip(candidates, owner.tolist()):
@@ -280,3 +294,16 @@ class DiffusionGenerator:
                 ranked.append([group[i] for i in mbr_rank(texts, utility)])
             return ranked
         return [sorted(group, key=lambda c: -float(c["score"])) for group in groups]
+
+
+def repeats_of_kept(tokens: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """(N, L) tokens and the positions kept -> (N, L) True where a kept token equals the kept token before it.
+
+    Positions left out between two kept ones (e.g. an eos generated inside a predicted length) do not separate
+    them: the comparison is with the previous *kept* position, found for every position at once by a running
+    maximum of the kept indices.
+    """
+    index = torch.arange(tokens.size(1), device=tokens.device).expand_as(tokens)
+    last = torch.where(keep, index, torch.full_like(index, -1)).cummax(1).values  # last kept position <= i
+    previous = torch.cat([last.new_full((tokens.size(0), 1), -1), last[:, :-1]], 1)  # last kept position < i
+    return keep & previous.ge(0) & tokens.eq(tokens.gather(1, previous.clamp(min=0)))

@@ -48,6 +48,11 @@ class TextDiffusionConfig(TranslationConfig):
     decoding_noise_factor: Optional[float] = field(
         default=None, metadata={"help": "noise factor used at decoding (default: the training factor)"}
     )
+    remove_repeats: bool = field(
+        default=False, metadata={"help": "drop each output token equal to the token before it (\"a a man man\" -> "
+                                 "\"a man\"), the de-duplication post-processing of non-autoregressive translation; "
+                                 "before candidate selection, so scores and MBR see the shortened candidates"}
+    )
     decoding_early_stop: int = field(
         default=0, metadata={"help": "leave out the last S of the N steps and output the z0_hat of step N - S, as "
                              "Difformer's reference generator (20 steps, early stop 5: 15 network calls; 0: all)"}

@@ -63,6 +63,34 @@ def test_length_beam_and_mbr(data_bin, trained):
     assert len(ids) == 60 * 6, "K x M = 6 candidates per sentence, all returned, MBR choice first"
 
 
+def test_remove_repeats_drops_tokens_equal_to_the_one_before(data_bin, trained):
+    """--remove-repeats on one candidate per input: the output is the plain output less each token equal to the one
+    before it (SentencePiece pieces, before detokenization), and the log says the flag acted."""
+    ckpt = trained["difformer_tiny"][0] / "checkpoint_last.pt"
+    plain, deduped = (run_cli(generate_args(data_bin, ckpt, "--decoding-steps", "5", "--post-process", "none", *extra))
+                      for extra in ((), ("--remove-repeats",)))
+    before = {i: h.split("\t")[1].split() for i, h in hypotheses(plain.stdout).items()}
+    after = {i: h.split("\t")[1].split() for i, h in hypotheses(deduped.stdout).items()}
+    repeats = sum(a == b for pieces in before.values() for a, b in zip(pieces, pieces[1:]))
+    assert repeats > 0, "an undertrained model repeats tokens: the comparison below is not vacuous"
+    assert sorted(after) == sorted(before) == list(range(60))
+    for i, pieces in before.items():
+        assert after[i] == [p for j, p in enumerate(pieces) if j == 0 or p != pieces[j - 1]], i
+    assert "--remove-repeats: dropping output tokens" in deduped.stderr
+    assert "--remove-repeats" not in plain.stderr
+
+
+def test_repeats_are_found_across_positions_left_out():
+    """A token left out between two equal kept tokens (an eos generated inside a predicted length) does not
+    separate them; the first kept token of a row never counts."""
+    from fairseq_plugins.generator import repeats_of_kept
+
+    tokens = torch.tensor([[5, 5, 6, 6, 6, 2, 7], [5, 2, 5, 9, 9, 1, 1], [4, 4, 4, 4, 4, 4, 4]])
+    keep = torch.tensor([[1, 1, 1, 1, 1, 0, 0], [1, 0, 1, 1, 1, 0, 0], [0, 0, 1, 0, 0, 1, 0]]).bool()
+    assert repeats_of_kept(tokens, keep).int().tolist() == [[0, 1, 0, 1, 1, 0, 0], [0, 0, 1, 0, 1, 0, 0],
+                                                            [0, 0, 0, 0, 0, 1, 0]]
+
+
 def test_same_seed_same_output_other_seed_differs(data_bin, trained):
     ckpt = trained["difformer_tiny"][0] / "checkpoint_last.pt"
     runs = [run_cli(generate_args(data_bin, ckpt, "--decoding-steps", "5", "--seed", seed)).stdout
