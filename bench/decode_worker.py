@@ -21,6 +21,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Dict
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import USER_DIR, peak_rss_mb, read_json, reference_lines, relative, tool, write_json  # noqa: E402
@@ -145,14 +146,15 @@ def job_command(plan, job) -> str:
     return relative([tool("fairseq-generate"), *argv])
 
 
-def score(generate_file: Path, refs):
-    from difftext.evaluation import evaluate
+def score(generate_file: Path, refs) -> Dict:
+    from difftext.evaluation import evaluate, repeated_tokens
     from fairseq_plugins.score import parse_generate
 
     ids, groups, _ = parse_generate(generate_file.read_text(encoding="utf-8"), "D")
     result = evaluate(groups, [refs[i] for i in ids], protocols=["sacrebleu", "length"])
-    return result["sentences"], result["sacrebleu"]["score"], result["sacrebleu"]["signature"], \
-        result["empty_hypotheses"], result["length"]["ratio"]
+    return {"sentences": result["sentences"], "sacrebleu": result["sacrebleu"]["score"],
+            "signature": result["sacrebleu"]["signature"], "empty_hypotheses": result["empty_hypotheses"],
+            "length_ratio": result["length"]["ratio"], "repeated_tokens": repeated_tokens([g[0] for g in groups])}
 
 
 def run_job(plan, job, refs, steps: StepTimer, forward: ForwardTimer):
@@ -171,10 +173,9 @@ def run_job(plan, job, refs, steps: StepTimer, forward: ForwardTimer):
     finally:
         forward.active = False
     generate_file = results_path / "generate-test.txt"
-    sentences, bleu, signature, empty, length_ratio = score(generate_file, refs)
-    out = {"name": job["name"], "sentences": sentences, "batches": steps.batches, "decode_s": round(steps.seconds, 4),
-           "sentences_per_s": sentences / steps.seconds if steps.seconds else None, "sacrebleu": bleu,
-           "signature": signature, "empty_hypotheses": empty, "length_ratio": length_ratio,
+    scores = score(generate_file, refs)
+    out = {"name": job["name"], **scores, "batches": steps.batches, "decode_s": round(steps.seconds, 4),
+           "sentences_per_s": scores["sentences"] / steps.seconds if steps.seconds else None,
            "batch_size": job["batch_size"],
            "shards": job.get("shards", 1), "peak_rss_mb": peak_rss_mb(),
            "command": relative([tool("fairseq-generate"), *argv]), "generate_file": str(generate_file),

@@ -174,7 +174,8 @@ def decode(spec: Spec, s: Settings, stats: Dict, fresh: bool = False) -> Dict:
         grid.append({**{k: v for k, v in c.items() if k != "flags"}, "sacrebleu": b128["sacrebleu"],
                      "sentences_per_s_b128": b128["sentences_per_s"], "sentences_per_s_b1": b1["sentences_per_s"],
                      "sentences_b128": b128["sentences"], "sentences_b1": b1["sentences"],
-                     "empty_hypotheses": b128["empty_hypotheses"], "command": b128["command"]})
+                     "empty_hypotheses": b128["empty_hypotheses"], "repeated_tokens": b128.get("repeated_tokens"),
+                     "command": b128["command"]})
     curve = []
     for p in stats.get("curve", []):
         j = jobs.get(f"curve_{p['fraction']:g}") or jobs[f"{plan['default']}_b128"]
@@ -263,7 +264,7 @@ def run_full_test(spec: Spec, s: Settings, force: bool = False) -> Optional[Dict
     run_logged(cmd, s.work / "logs" / f"{spec.name}.full-test.log", threads=s.threads, quiet=s.quiet)
     job = read_json(out_file)["jobs"][0]
     result["decode"]["full_test"] = {k: job[k] for k in ("sacrebleu", "sentences", "signature", "command",
-                                                          "empty_hypotheses")}
+                                                          "empty_hypotheses", "repeated_tokens")}
     result["decode"]["full_test"].update(config=plan["default"], date=now(), commit=git_commit())
     write_json(path, result)
     return result["decode"]["full_test"]

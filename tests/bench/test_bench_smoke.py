@@ -40,7 +40,7 @@ def check_train(t):
 def check_decode(d):
     assert d["grid"] and any(g["name"] == d["default"] for g in d["grid"])
     for g in d["grid"]:
-        assert number(g["sacrebleu"], 0, 100)
+        assert number(g["sacrebleu"], 0, 100) and number(g["repeated_tokens"], 0, 1)
         assert number(g["sentences_per_s_b128"]) and g["sentences_per_s_b128"] > 0
         assert number(g["sentences_per_s_b1"]) and g["sentences_per_s_b1"] > 0
         assert g["command"].startswith("fairseq-generate ")
@@ -145,6 +145,7 @@ def test_smoke_suite_end_to_end(tmp_path):
         r = json.loads((out / "results" / f"{name}.json").read_text())
         full = r["decode"]["full_test"]
         assert number(full["sacrebleu"], 0, 100) and full["config"] == r["decode"]["default"]
+        assert number(full["repeated_tokens"], 0, 1)
         assert full["sentences"] >= r["decode"]["grid"][0]["sentences_b128"] and "--distributed" not in full["command"]
 
     # decoding again drops that figure (it belonged to the earlier decoding) and says so
@@ -300,6 +301,34 @@ def test_report_reads_the_paper_configuration_with_its_early_stop():
         rep.speed()
         target = next(t for t in rep.targets if t["target"] == f"Difformer {name} >= 0.3x AR at b128")
         assert (target["measured"], target["met"]) == (ratio, True) and target["limits"].startswith(limit)
+
+
+def test_report_shows_repeated_words_from_the_bleu_figures_sentences():
+    """Section 2's repeated words come from the same sentences as its BLEU: the whole test set where --full-test
+    decoded it (none for a figure recorded before the field), else the grid's default setting; the quality
+    target's limit names them beside the AR model's."""
+    from bench.report import Report
+
+    results = {"ar": _result("ar", "ar", 40.0, 100.0, "Xeon"),
+               "difformer": _result("difformer", "continuous", 20.0, 150.0, "Xeon"),
+               "mdlm": _result("mdlm", "discrete", 30.0, 120.0, "Xeon")}
+    for name, grid_share, full_share in (("ar", 0.5, 0.002), ("difformer", 0.5, 0.231), ("mdlm", 0.04, None)):
+        results[name]["decode"]["grid"][0]["repeated_tokens"] = grid_share
+        full = {"sacrebleu": results[name]["decode"]["grid"][0]["sacrebleu"], "sentences": 1000}
+        results[name]["decode"]["full_test"] = dict(full, repeated_tokens=full_share) if full_share else full
+    rep = Report(results, None, "cmd")
+    rows = {line.split(" | ")[0]: line for line in rep.quality() if line.startswith("| ")}
+    assert "| 100.0% | 0.2% |" in rows["| AR"] and "| 50.0% | 23.1% |" in rows["| DIFFORMER"]
+    assert "| 75.0% | – |" in rows["| MDLM"]  # its whole-test figure predates the field: not the grid's 4%
+    limits = {t["target"]: t["limits"] for t in rep.targets}
+    assert limits["best continuous >= 85% of AR beam 5 BLEU"].endswith(
+        "23.1% of its output words repeat the word before them (AR: 0.2%)")
+    assert "repeat" not in limits["best discrete >= 85% of AR beam 5 BLEU"]
+    del results["ar"]["decode"]["full_test"]  # the AR figure from the grid: its share comes with it
+    rep = Report(results, None, "cmd")
+    rep.quality()
+    assert {t["target"]: t["limits"] for t in rep.targets}["best continuous >= 85% of AR beam 5 BLEU"].endswith(
+        "(AR: 50.0%)")
 
 
 def test_report_judges_distilled_data_models_apart():
