@@ -276,9 +276,9 @@ class DiffusionGenerator:
         ]
 
     def _count_repeats(self, removed: int, kept: int) -> None:
-        if self.removed_repeats == 0 and removed:
-            logger.info("--remove-repeats: dropping output tokens equal to the token before them (totals in the "
-                        "generator's removed_repeats / kept_tokens)")
+        if self.removed_repeats == 0 and removed:  # once: the totals stay on the generator
+            logger.info(f"--remove-repeats: dropping output tokens equal to the token before them ({removed} of "
+                        f"{removed + kept} in the first batch that had any)")
         self.removed_repeats += removed
         self.kept_tokens += kept
 
