@@ -89,7 +89,7 @@ class DiffusionGenerator:
         self.model, self.tgt_dict, self.cfg, self.gen = models[0], tgt_dict, cfg, gen
         self.pad, self.eos, self.bos = tgt_dict.pad(), tgt_dict.eos(), tgt_dict.bos()
         self._table = self._table_key = self._search = None
-        self.removed_repeats = self.kept_tokens = 0  # --remove-repeats: tokens dropped / kept so far
+        self._repeats_announced = False  # --remove-repeats logs once
         self._validate()
 
     @property
@@ -247,10 +247,10 @@ class DiffusionGenerator:
             keep = output_mask & special.long().cumsum(1).eq(0)
         else:
             keep = output_mask & ~special
-        removed = repeats_of_kept(tokens, keep) if self.cfg.remove_repeats else None
-        if removed is not None:
+        if self.cfg.remove_repeats:
+            removed = repeats_of_kept(tokens, keep)
             keep = keep & ~removed
-            self._count_repeats(int(removed.sum()), int(keep.sum()))
+            self._announce_repeats(removed, keep)
         lengths = keep.sum(1)  # (N,)
         n = tokens.size(0)
         width = int(lengths.max()) + 1 if n else 1
@@ -275,12 +275,14 @@ class DiffusionGenerator:
             for i, length in enumerate(lengths.tolist())
         ]
 
-    def _count_repeats(self, removed: int, kept: int) -> None:
-        if self.removed_repeats == 0 and removed:  # once: the totals stay on the generator
-            logger.info(f"--remove-repeats: dropping output tokens equal to the token before them ({removed} of "
-                        f"{removed + kept} in the first batch that had any)")
-        self.removed_repeats += removed
-        self.kept_tokens += kept
+    def _announce_repeats(self, removed: torch.Tensor, keep: torch.Tensor) -> None:
+        if self._repeats_announced:
+            return
+        count = int(removed.sum())
+        if count:
+            self._repeats_announced = True
+            logger.info(f"--remove-repeats: dropping output tokens equal to the token before them ({count} of "
+                        f"{count + int(keep.sum())} in the first batch that had any)")
 
     def _select(self, candidates: List[Dict], owner: torch.Tensor, bsz: int) -> List[List[Dict]]:
         groups: List[List[Dict]] = [[] for _ in range(bsz)]

@@ -48,9 +48,9 @@ class TorchAdamW(FairseqOptimizer):
         super().__init__(cfg)
         params = list(params)
         kind = cfg.adamw_implementation
+        self.implementation = "fused" if kind == "auto" else kind
         try:
-            self._optimizer = self._build(params, "fused" if kind == "auto" else kind)
-            self.implementation = "fused" if kind == "auto" else kind
+            self._optimizer = self._build(params, self.implementation)
         except RuntimeError:  # auto: a device or dtype without the fused kernel
             if kind != "auto":
                 raise
