@@ -21,7 +21,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from examples.quickstart import AVERAGE_LAST, DECODE_FLAGS, detokenized_hypotheses, tool  # noqa: E402
+from examples.quickstart import AVERAGE_LAST, DECODE_FLAGS, MINUTES, detokenized_hypotheses, tool  # noqa: E402
 
 STAMP = r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)"
 
@@ -56,13 +56,17 @@ def main():
     parser.add_argument("--log", type=Path, required=True)
     parser.add_argument("--save-dir", type=Path, required=True)
     parser.add_argument("--data", type=Path, required=True)
-    parser.add_argument("--budgets", type=float, nargs="+", required=True, help="training minutes")
+    parser.add_argument("--budgets", type=MINUTES, nargs="+", required=True, help="training minutes")
     parser.add_argument("--output", type=Path, required=True)
     args = parser.parse_args()
     _, saved = checkpoint_times(args.log.read_text())
     points = []
     for budget in args.budgets:
         within = [(sec, name, upd) for sec, name, upd in saved if sec <= budget * 60]
+        if not within:
+            first = f"the first at {saved[0][0] / 60:.1f} min" if saved else "the log names none"
+            sys.exit(f"quickstart_curve: error: no checkpoint was saved within {budget:g} minutes ({first}); "
+                     "pass longer --budgets")
         chosen = [args.save_dir / name for _, name, _ in within[-AVERAGE_LAST:]]
         model = args.save_dir / f"avg_{budget:g}min.pt"
         subprocess.run([sys.executable, "-m", "fairseq_plugins.average_checkpoints", "--inputs", *map(str, chosen),

@@ -27,6 +27,11 @@ from bench import data, report  # noqa: E402
 from bench.common import BENCH, ROOT, BenchError, read_json  # noqa: E402
 from bench.models import DEFAULT_MODELS, FULL_GRID, SMOKE_GRID, SMOKE_MODELS, specs  # noqa: E402
 from bench.pipeline import Settings, run_cost, run_full_test, run_model  # noqa: E402
+from difftext.options import bounded  # noqa: E402
+
+# every number is checked when parsed: a budget of 0 or less would let fairseq-train run without end
+POSITIVE, COUNT = bounded(int, "[1, inf)"), bounded(int, "[0, inf)")
+FRACTION, MINUTES = bounded(float, "(0, 1]"), bounded(float, "[0.01, inf)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,8 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     known = ", ".join(list(specs("small")) + ["gpu"])
     p.add_argument("--models", default=None, help=f"comma-separated, from: {known} (default: all but genmd4, "
                    "gpu only where CUDA is available; smoke: one model per code path)")
-    p.add_argument("--budget", type=float, default=45.0, help="training minutes per translation model (default 45)")
-    p.add_argument("--lm-budget", type=float, default=None, help="training minutes per language model (default: "
+    p.add_argument("--budget", type=MINUTES, default=45.0, help="training minutes per translation model (default 45)")
+    p.add_argument("--lm-budget", type=MINUTES, default=None, help="training minutes per language model (default: "
                    "--budget)")
     p.add_argument("--smoke", action="store_true", help="tiny models, a data slice, a few updates: seconds per model")
     p.add_argument("--out", type=Path, default=None, help="where results/ (JSON, plots) and RESULTS.md go (default: "
@@ -57,30 +62,30 @@ def build_parser() -> argparse.ArgumentParser:
                    "data_scripts/prepare_multi30k.py (e.g. copied to a GPU machine without the raw data) instead of "
                    "preparing one in the work directory")
     p.add_argument("--brown", type=Path, default=data.default_raw("brown"), help="raw Brown folder (brown.*.txt)")
-    p.add_argument("--max-tokens", type=int, default=1024, help="tokens per batch, every model (default 1024)")
-    p.add_argument("--save-interval", type=int, default=200, help="updates between learning-curve checkpoints")
-    p.add_argument("--cost-warmup", type=int, default=20, help="updates before the training-cost window")
-    p.add_argument("--cost-updates", type=int, default=200, help="updates in the training-cost window")
-    p.add_argument("--profile-updates", type=int, default=5, help="updates under torch.profiler after the window")
-    p.add_argument("--curve", type=float, nargs="+", default=[0.25, 0.5, 0.75, 1.0], help="learning-curve points "
+    p.add_argument("--max-tokens", type=POSITIVE, default=1024, help="tokens per batch, every model (default 1024)")
+    p.add_argument("--save-interval", type=POSITIVE, default=200, help="updates between learning-curve checkpoints")
+    p.add_argument("--cost-warmup", type=COUNT, default=20, help="updates before the training-cost window")
+    p.add_argument("--cost-updates", type=POSITIVE, default=200, help="updates in the training-cost window")
+    p.add_argument("--profile-updates", type=COUNT, default=5, help="updates under torch.profiler after the window")
+    p.add_argument("--curve", type=FRACTION, nargs="+", default=[0.25, 0.5, 0.75, 1.0], help="learning-curve points "
                    "(fractions of the budget)")
-    p.add_argument("--steps", type=int, nargs="+", default=None, help="decoding steps of the grid (5 10 20)")
-    p.add_argument("--length-beams", type=int, nargs="+", default=None, help="length beams of the grid (1 3 7)")
-    p.add_argument("--noise-beams", type=int, nargs="+", default=None, help="noise beams of the grid (1 3)")
-    p.add_argument("--grid-shards", type=int, default=1, help="decode every k-th batch of test2016 at batch 128 "
+    p.add_argument("--steps", type=POSITIVE, nargs="+", default=None, help="decoding steps of the grid (5 10 20)")
+    p.add_argument("--length-beams", type=POSITIVE, nargs="+", default=None, help="length beams of the grid (1 3 7)")
+    p.add_argument("--noise-beams", type=POSITIVE, nargs="+", default=None, help="noise beams of the grid (1 3)")
+    p.add_argument("--grid-shards", type=POSITIVE, default=1, help="decode every k-th batch of test2016 at batch 128 "
                    "(1: the whole test set)")
-    p.add_argument("--b1-sentences", type=int, default=100, help="sentences decoded at batch 1 (every k-th)")
-    p.add_argument("--elbo-samples", type=int, nargs="+", default=[1, 4, 16], help="Monte-Carlo time samples K")
-    p.add_argument("--elbo-seeds", type=int, default=2, help="seeds per K (the spread of the bound)")
-    p.add_argument("--lm-samples", type=int, default=64, help="unconditional samples for samples/s")
-    p.add_argument("--gpu-max-tokens", type=int, default=4096, help="tokens per batch of the GPU item")
-    p.add_argument("--gpu-warmup", type=int, default=150, help="updates before the GPU item's timed window (the "
+    p.add_argument("--b1-sentences", type=POSITIVE, default=100, help="sentences decoded at batch 1 (every k-th)")
+    p.add_argument("--elbo-samples", type=POSITIVE, nargs="+", default=[1, 4, 16], help="Monte-Carlo time samples K")
+    p.add_argument("--elbo-seeds", type=POSITIVE, default=2, help="seeds per K (the spread of the bound)")
+    p.add_argument("--lm-samples", type=POSITIVE, default=64, help="unconditional samples for samples/s")
+    p.add_argument("--gpu-max-tokens", type=POSITIVE, default=4096, help="tokens per batch of the GPU item")
+    p.add_argument("--gpu-warmup", type=COUNT, default=150, help="updates before the GPU item's timed window (the "
                    "first batches of each shape are slow on a GPU)")
     p.add_argument("--gpu-optimizer", choices=["adam", "adamw_torch"], default="adam",
                    help="the GPU item's optimizer: fairseq's adam (the suite's; a loop over tensors without apex) or "
                         "difftext's adamw_torch (torch's fused AdamW, the same update)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads per process (default: torch's)")
-    p.add_argument("--jobs", type=int, default=1, help="models run in parallel (timings need 1; smoke: 2)")
+    p.add_argument("--threads", type=POSITIVE, default=None, help="torch threads per process (default: torch's)")
+    p.add_argument("--jobs", type=POSITIVE, default=1, help="models run in parallel (timings need 1; smoke: 2)")
     p.add_argument("--verbose", action="store_true", help="print every command")
     return p
 

@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from quickstart import ROOT, run, tool
+from quickstart import MINUTES, ROOT, run, tool
 
 MODELS = ("mdlm", "md4", "genmd4", "diffusionbert")
 LENGTH = 128  # tokens per training sequence (packed stream, --sample-break-mode none)
@@ -37,7 +37,7 @@ SMOKE_FLAGS = ["--optimizer", "adam", "--lr", "3e-3", "--tokens-per-sample", "64
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", choices=MODELS, default="mdlm", help="masked-diffusion family")
-    parser.add_argument("--budget", type=float, default=30.0, help="training minutes")
+    parser.add_argument("--budget", type=MINUTES, default=30.0, help="training minutes")
     parser.add_argument("--raw-dir", default=str(ROOT / ".." / "shared" / "data" / "brown"),
                         help="folder with brown.train.txt and brown.valid.txt")
     parser.add_argument("--download", action="store_true", help="fetch Brown from NLTK's data index into --raw-dir")
@@ -61,7 +61,7 @@ def main(argv=None):
     size = "tiny" if args.smoke else "small"
     train = [tool("fairseq-train"), data, *common, "--arch", f"{args.model}_lm_{size}", "--criterion",
              "text_diffusion_loss", "--save-dir", ckpt, "--no-epoch-checkpoints", "--log-interval", "50", "--seed", "1"]
-    train += SMOKE_FLAGS if args.smoke else TRAIN_FLAGS + ["--stop-time-hours", f"{args.budget / 60:.4f}"]
+    train += SMOKE_FLAGS if args.smoke else TRAIN_FLAGS + ["--stop-time-hours", f"{args.budget / 60:.6g}"]
     run(train)
 
     model = ckpt / "checkpoint_last.pt"

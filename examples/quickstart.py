@@ -20,7 +20,11 @@ import sys
 import time
 from pathlib import Path
 
+from difftext.options import bounded
+
 ROOT = Path(__file__).resolve().parents[1]
+# a budget of 0 would let fairseq-train (--stop-time-hours 0: no limit) run without end
+MINUTES = bounded(float, "(0, inf)")
 BIN = Path(sys.executable).parent
 
 # The configuration that converged fastest on this data on a 2-core CPU (see README, "Quickstart").
@@ -85,7 +89,7 @@ def detokenized_hypotheses(generate_output: str) -> list:
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", choices=("difformer",) + MASKED, default="difformer", help="model family")
-    parser.add_argument("--budget", type=float, default=16.0, help="training minutes (default 16: ~20 in all)")
+    parser.add_argument("--budget", type=MINUTES, default=16.0, help="training minutes (default 16: ~20 in all)")
     parser.add_argument("--smoke", action="store_true", help="tiny model on 3000 pairs, 30 updates (a minute or two)")
     parser.add_argument("--work-dir", default=None, help="where outputs go (default: runs/quickstart[-MODEL])")
     parser.add_argument("--vocab-size", type=int, default=8000, help="joint SentencePiece vocabulary")
@@ -105,7 +109,7 @@ def main(argv=None):
     common = ["--user-dir", ROOT / "fairseq_plugins", "--task", "text_diffusion", "--cpu"]
     train = [tool("fairseq-train"), data, *common, "--criterion", "text_diffusion_loss", "--save-dir", ckpt,
              "--no-epoch-checkpoints", "--disable-validation", "--log-interval", "50", "--seed", "1"]
-    train += train_flags if args.smoke else train_flags + ["--stop-time-hours", f"{args.budget / 60:.4f}"]
+    train += train_flags if args.smoke else train_flags + ["--stop-time-hours", f"{args.budget / 60:.6g}"]
     run(train)
 
     model = ckpt / "checkpoint_avg.pt"

@@ -9,9 +9,18 @@ import os
 import re
 import sys
 
+from difftext.options import within
+
 
 class DifftextError(Exception):
     """An error caused by the user's input, with a message that says what to change."""
+
+
+def in_range(name: str, value, interval: str, what: str = "") -> None:
+    """A one-line error unless ``value`` of the option ``--name`` lies in ``interval`` (see :func:`within`)."""
+    if not within(value, interval):
+        flag = "--" + name.replace("_", "-")
+        raise DifftextError(f"{flag} must be in {interval}, got {value}" + (f" ({what})" if what else ""))
 
 
 def _subclass_names(cls) -> set:

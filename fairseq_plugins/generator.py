@@ -19,7 +19,7 @@ from difftext.mbr import bleu_utility, mbr_rank, rouge_utility
 from difftext.samplers.continuous import (NearestEmbedding, decoding_schedule, nearest_embedding, row_logsumexp,
                                           row_top, sample)
 from difftext.samplers.masked import SAMPLERS, get_sampler
-from fairseq_plugins.errors import DifftextError
+from fairseq_plugins.errors import DifftextError, in_range
 
 CONTINUOUS_ONLY = {"clamping": False, "decoding_method": "ddim", "decoding_noise_factor": None, "decoding_early_stop": 0}
 MASKED_ONLY = {"sampler": None, "token_temperature": None, "token_topk": 0, "token_topp": 1.0}
@@ -116,6 +116,8 @@ class DiffusionGenerator:
             if getattr(cfg, name, default) != default:
                 kind = "continuous (embedding)" if self.masked else "masked"
                 raise DifftextError(f"{_flag(name)} applies to {kind} diffusion models only; drop it for this model")
+        if not self.masked and cfg.decoding_noise_factor is not None:
+            in_range("decoding_noise_factor", cfg.decoding_noise_factor, "[1, inf)", "1: no extra noise")
         if self.masked:
             check_masked_sampling(cfg, self.gen, model)
             if cfg.noise_beam > 1 and greedy(cfg):

@@ -40,9 +40,10 @@ class Encoded(NamedTuple):
 
 @dataclass
 class DifformerConfig(EmbeddingDiffusionConfig):
-    encoder_layers: int = field(default=6, metadata={"help": "encoder layers"})
-    decoder_layers: int = field(default=6, metadata={"help": "decoder (denoiser) layers"})
-    length_loss_factor: float = field(default=0.1, metadata={"help": "weight of the length-prediction loss"})
+    encoder_layers: int = field(default=6, metadata={"help": "encoder layers", "range": "[1, inf)"})
+    decoder_layers: int = field(default=6, metadata={"help": "decoder (denoiser) layers", "range": "[1, inf)"})
+    length_loss_factor: float = field(default=0.1, metadata={"help": "weight of the length-prediction loss",
+                                                            "range": "[0, inf)"})
     pred_length_offset: bool = field(
         default=True, metadata={"help": "predict target length minus source length (fairseq NAT style)"}
     )

@@ -29,7 +29,7 @@ from fairseq_plugins.models.layers import Stack, config_defaults
 
 @dataclass
 class DiffuSeqConfig(EmbeddingDiffusionConfig):
-    layers: int = field(default=12, metadata={"help": "transformer layers over source ⊕ target"})
+    layers: int = field(default=12, metadata={"help": "transformer layers over source ⊕ target", "range": "[1, inf)"})
     loss_aware_sampler: bool = field(
         default=True, metadata={"help": "draw training steps by the loss-aware (second-moment) sampler"}
     )

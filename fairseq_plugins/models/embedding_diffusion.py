@@ -26,10 +26,12 @@ from fairseq_plugins.models.layers import (  # noqa: F401
 
 @dataclass
 class EmbeddingDiffusionConfig(StackConfig):
-    latent_dim: int = field(default=128, metadata={"help": "dimension of the diffused token embeddings"})
-    diffusion_steps: int = field(default=2000, metadata={"help": "number of diffusion steps T"})
+    latent_dim: int = field(default=128, metadata={"help": "dimension of the diffused token embeddings",
+                                                   "range": "[1, inf)"})
+    diffusion_steps: int = field(default=2000, metadata={"help": "number of diffusion steps T", "range": "[1, inf)"})
     noise_schedule: ChoiceEnum(sorted(SCHEDULES)) = field(default="sqrt", metadata={"help": "alpha_bar schedule"})
-    noise_factor: float = field(default=1.0, metadata={"help": "noise factor F >= 1 (Difformer: 4 for IWSLT14)"})
+    noise_factor: float = field(default=1.0, metadata={"help": "noise factor F >= 1 (Difformer: 4 for IWSLT14)",
+                                                       "range": "[1, inf)"})
     variance_preserving_noise: bool = field(
         default=False, metadata={"help": "apply F in variance-preserving form (same SNR, unit variance)"}
     )
@@ -39,9 +41,11 @@ class EmbeddingDiffusionConfig(StackConfig):
     self_condition_prob: float = field(
         default=0.0,
         metadata={"help": "fraction of training steps that feed the previous z0_hat back as input "
-                  "(self-conditioning; Difformer uses 0.5); 0 disables it at training and decoding"},
+                  "(self-conditioning; Difformer uses 0.5); 0 disables it at training and decoding",
+                  "range": "[0, 1]"},
     )
-    label_smoothing: float = field(default=0.1, metadata={"help": "label smoothing of the token cross-entropy"})
+    label_smoothing: float = field(default=0.1, metadata={"help": "label smoothing of the token cross-entropy",
+                                                         "range": "[0, 1)"})
 
 
 @dataclass

@@ -18,7 +18,7 @@ from fairseq.modules.transformer_layer import TransformerDecoderLayerBase, Trans
 from omegaconf import OmegaConf, open_dict
 from torch import nn
 
-from fairseq_plugins.errors import DifftextError
+from fairseq_plugins.errors import DifftextError, in_range
 
 
 def architecture_defaults(args, **defaults):
@@ -36,6 +36,7 @@ def config_defaults(cfg, config_class):
     other config groups (``${task.x}``) are left out: a checkpoint's config always has those fields.
     """
     if not OmegaConf.is_config(cfg):
+        check_ranges(cfg, config_class)
         return cfg
     missing = {}
     for f in fields(config_class):
@@ -47,7 +48,22 @@ def config_defaults(cfg, config_class):
     if missing:
         with open_dict(cfg):
             cfg.update(missing)
+    check_ranges(cfg, config_class)
     return cfg
+
+
+def check_ranges(cfg, config_class) -> None:
+    """One-line errors, before anything is built, for model options outside their range (the ``range`` of each
+    field's metadata) and for a width the attention heads do not divide."""
+    for f in fields(config_class):
+        interval = f.metadata.get("range")
+        value = getattr(cfg, f.name, None)
+        if interval is not None and value is not None:
+            in_range(f.name, value, interval, f.metadata.get("help", "").split(" (")[0].split(";")[0])
+    dim, heads = getattr(cfg, "model_dim", None), getattr(cfg, "attention_heads", None)
+    if dim and heads and dim % heads:
+        raise DifftextError(f"--attention-heads {heads} does not divide --model-dim {dim}; use a number of heads that "
+                            "divides it (each head gets model-dim / heads channels)")
 
 
 def check_joined_dictionary(model_name: str, task) -> None:
@@ -73,16 +89,20 @@ def bf16_for_inference(model: nn.Module, cfg) -> None:
 class StackConfig(FairseqDataclass):
     """Transformer size and regularisation options shared by every model family."""
 
-    model_dim: int = field(default=512, metadata={"help": "transformer width"})
-    ffn_dim: int = field(default=2048, metadata={"help": "transformer feed-forward width"})
-    attention_heads: int = field(default=8, metadata={"help": "attention heads per layer"})
+    model_dim: int = field(default=512, metadata={"help": "transformer width", "range": "[1, inf)"})
+    ffn_dim: int = field(default=2048, metadata={"help": "transformer feed-forward width", "range": "[1, inf)"})
+    attention_heads: int = field(default=8, metadata={"help": "attention heads per layer", "range": "[1, inf)"})
     normalize_before: bool = field(default=False, metadata={"help": "pre-norm transformer layers"})
     activation_fn: ChoiceEnum(["relu", "gelu"]) = field(default="gelu", metadata={"help": "FFN activation"})
-    dropout: float = field(default=0.1, metadata={"help": "dropout probability"})
-    attention_dropout: float = field(default=0.0, metadata={"help": "dropout on attention weights"})
-    activation_dropout: float = field(default=0.0, metadata={"help": "dropout after the FFN activation"})
-    max_source_positions: int = field(default=256, metadata={"help": "maximum source length (tokens)"})
-    max_target_positions: int = field(default=256, metadata={"help": "maximum target length (tokens)"})
+    dropout: float = field(default=0.1, metadata={"help": "dropout probability", "range": "[0, 1)"})
+    attention_dropout: float = field(default=0.0, metadata={"help": "dropout on attention weights",
+                                                             "range": "[0, 1)"})
+    activation_dropout: float = field(default=0.0, metadata={"help": "dropout after the FFN activation",
+                                                              "range": "[0, 1)"})
+    max_source_positions: int = field(default=256, metadata={"help": "maximum source length (tokens)",
+                                                              "range": "[1, inf)"})
+    max_target_positions: int = field(default=256, metadata={"help": "maximum target length (tokens)",
+                                                              "range": "[1, inf)"})
     position_encoding: ChoiceEnum(["learned", "rotary"]) = field(
         default="learned", metadata={"help": "learned absolute positions added to the input, or rotary positions "
                                      "in every self-attention (RoFormer; MDLM's DiT and MD4's transformer)"}

@@ -52,19 +52,24 @@ class MaskedDiffusionConfig(StackConfig):
                                        "mutual/spindle (d3pm), genmd4 (genmd4)"}
     )
     schedule_exponent: float = field(
-        default=1.0, metadata={"help": "w of the polynomial schedule 1 - t^w; initial exponent of genmd4"}
+        default=1.0, metadata={"help": "w of the polynomial schedule 1 - t^w; initial exponent of genmd4",
+                               "range": "(0, inf)"}
     )
-    diffusion_steps: int = field(default=2048, metadata={"help": "T of the discrete-time d3pm objective"})
-    spindle_lambda: float = field(default=0.3, metadata={"help": "lambda of the spindle schedule"})
-    hybrid_lambda: float = field(default=1e-2, metadata={"help": "weight of the hybrid CE term (d3pm)"})
+    diffusion_steps: int = field(default=2048, metadata={"help": "T of the discrete-time d3pm objective",
+                                                        "range": "[1, inf)"})
+    spindle_lambda: float = field(default=0.3, metadata={"help": "lambda of the spindle schedule", "range": "[0, 1]"})
+    hybrid_lambda: float = field(default=1e-2, metadata={"help": "weight of the hybrid CE term (d3pm)",
+                                                        "range": "[0, inf)"})
     time_conditioning: ChoiceEnum(TIME_CONDITIONING) = field(
         default="none", metadata={"help": "none (time-agnostic), prefix time vector, or layer-wise time embedding"}
     )
-    time_eps: float = field(default=1e-3, metadata={"help": "continuous training times are drawn in [eps, 1]"})
+    time_eps: float = field(default=1e-3, metadata={"help": "continuous training times are drawn in [eps, 1]",
+                                                   "range": "(0, 1)"})
     antithetic_time: bool = field(
         default=True, metadata={"help": "stratified (antithetic) training times within a batch (MDLM)"}
     )
-    rloo_samples: int = field(default=2, metadata={"help": "mask samples per sequence of GenMD4's RLOO gradient"})
+    rloo_samples: int = field(default=2, metadata={"help": "mask samples per sequence of GenMD4's RLOO gradient",
+                                                  "range": "[1, inf)"})
     bert_init: Optional[str] = field(
         default=None, metadata={"help": "initialise the transformer from a local Hugging Face BERT directory "
                                 "(DiffusionBERT); needs `pip install difftext[bert]`"}
@@ -73,12 +78,13 @@ class MaskedDiffusionConfig(StackConfig):
 
 @dataclass
 class MaskedSeq2SeqConfig(MaskedDiffusionConfig):
-    encoder_layers: int = field(default=6, metadata={"help": "encoder layers"})
-    decoder_layers: int = field(default=6, metadata={"help": "denoiser layers"})
+    encoder_layers: int = field(default=6, metadata={"help": "encoder layers", "range": "[1, inf)"})
+    decoder_layers: int = field(default=6, metadata={"help": "denoiser layers", "range": "[1, inf)"})
     length_loss_factor: float = field(
         default=0.1, metadata={"help": "weight of the length-prediction loss, relative to a masked token's "
                                "cross-entropy in the objective (scaled by the objective's token weight: 1 for "
-                               "mdlm/md4/genmd4, ~5.5e-3 for d3pm at T 2048, so the length term cannot dominate)"}
+                               "mdlm/md4/genmd4, ~5.5e-3 for d3pm at T 2048, so the length term cannot dominate)",
+                               "range": "[0, inf)"}
     )
     pred_length_offset: bool = field(
         default=True, metadata={"help": "predict target length minus source length (fairseq NAT style)"}
@@ -87,7 +93,7 @@ class MaskedSeq2SeqConfig(MaskedDiffusionConfig):
 
 @dataclass
 class MaskedLMConfig(MaskedDiffusionConfig):
-    layers: int = field(default=12, metadata={"help": "transformer layers"})
+    layers: int = field(default=12, metadata={"help": "transformer layers", "range": "[1, inf)"})
 
 
 @dataclass

@@ -156,6 +156,74 @@ def test_fairseq_transformer_checkpoint_with_the_diffusion_task(data_bin, tmp_pa
 
 
 # --- flags ------------------------------------------------------------------------------------------------
+def _ranged_options():
+    """(config class, field name, interval) of every model option with a range."""
+    from dataclasses import fields
+
+    from fairseq_plugins.models.difformer import DifformerConfig
+    from fairseq_plugins.models.diffuseq import DiffuSeqConfig
+    from fairseq_plugins.models.masked_diffusion import MaskedLMConfig, MaskedSeq2SeqConfig
+
+    return [(config, f.name, f.metadata["range"]) for config in (DifformerConfig, DiffuSeqConfig, MaskedSeq2SeqConfig,
+                                                                 MaskedLMConfig) for f in fields(config)
+            if "range" in f.metadata]
+
+
+def test_every_ranged_model_option_is_refused_just_outside_its_range():
+    """Each option with a range: its default passes, and a value past either end (or on an open end) is a
+    one-line error naming the flag, before the model is built."""
+    from argparse import Namespace
+    from dataclasses import MISSING, fields
+
+    from fairseq_plugins.errors import DifftextError
+    from fairseq_plugins.models.layers import config_defaults
+
+    options = _ranged_options()
+    names = {name for _, name, _ in options}
+    assert {"noise_factor", "self_condition_prob", "label_smoothing", "dropout", "diffusion_steps", "time_eps",
+            "spindle_lambda", "hybrid_lambda", "length_loss_factor", "layers", "model_dim"} <= names, names
+    for config, name, interval in options:
+        defaults = {f.name: f.default for f in fields(config) if f.default is not MISSING}
+        config_defaults(Namespace(**defaults), config)  # the defaults pass
+        low, high = (float(x) for x in interval[1:-1].split(","))
+        bad = [low - 1] + ([low] if interval[0] == "(" else []) + ([high] if interval[-1] == ")" else [high + 1])
+        for value in (v for v in bad if abs(v) != float("inf")):
+            with pytest.raises(DifftextError) as info:
+                config_defaults(Namespace(**dict(defaults, **{name: value})), config)
+            flag = "--" + name.replace("_", "-")
+            assert str(info.value).startswith(f"{flag} must be in {interval}, got {value}"), str(info.value)
+
+
+@pytest.mark.parametrize("arch, flags, fragments", [
+    ("difformer_tiny", ["--noise-factor", "0.5"], ["--noise-factor must be in [1, inf), got 0.5"]),
+    ("difformer_tiny", ["--self-condition-prob", "1.5"], ["--self-condition-prob must be in [0, 1], got 1.5"]),
+    ("mdlm_tiny", ["--time-eps", "0"], ["--time-eps must be in (0, 1), got 0.0"]),
+    ("diffuseq_tiny", ["--model-dim", "30", "--attention-heads", "4"],
+     ["--attention-heads 4 does not divide --model-dim 30"]),
+])
+def test_model_option_out_of_range_through_train(data_bin, tmp_path, arch, flags, fragments):
+    """Before: a traceback from the core (noise factor), an assertion in fairseq (heads) or silently accepted
+    (a self-conditioning probability above 1)."""
+    proc = run_cli(train_args(data_bin, tmp_path / "ck", arch, "--max-update", "1", *flags), check=False)
+    one_line_error(proc, *fragments)
+
+
+def test_decoding_noise_factor_below_one_is_one_line(data_bin, difformer_dir):
+    proc = run_cli(generate_args(data_bin, difformer_dir / "checkpoint_last.pt", "--decoding-noise-factor", "0.5"),
+                   check=False)
+    one_line_error(proc, "--decoding-noise-factor must be in [1, inf), got 0.5")
+
+
+@pytest.mark.parametrize("script, flag", [("examples/quickstart.py", "--budget"), ("examples/brown_lm.py", "--budget"),
+                                          ("bench/run.py", "--budget")])
+def test_a_budget_of_zero_is_refused_before_training(script, flag, tmp_path):
+    """fairseq-train --stop-time-hours 0 (or below) means no limit: a zero budget used to train without end."""
+    proc = run_cli([sys.executable, ROOT / script, flag, "0", "--work-dir", tmp_path], check=False, timeout=120)
+    assert proc.returncode == 2 and not list(tmp_path.iterdir()), proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1].endswith(f"error: argument {flag}: must be in "
+                                                           f"{'[0.01' if 'bench' in script else '(0'}, inf), got 0.0")
+
+
 @pytest.mark.parametrize("device", ["cpu", "gpu"])
 def test_bf16_without_torch_xla_is_not_a_tpu_run(data_bin, tmp_path, device):
     """fairseq 0.12 turns --bf16 into --tpu; without torch_xla difftext undoes that (CPU and GPU)."""
