@@ -25,6 +25,7 @@ from typing import List, Optional
 
 import torch
 
+from difftext.options import bounded
 from fairseq_plugins import checkpoints, compat
 from fairseq_plugins.errors import DifftextError
 
@@ -105,13 +106,16 @@ def average(paths: List[Path], ema: bool = False) -> dict:
     return out
 
 
+COUNT = bounded(int, "[0, inf)")  # a negative --last or --best was read as 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--inputs", nargs="+", type=Path, help="checkpoint files to average")
     parser.add_argument("--dir", type=Path,
                         help="a --save-dir; with --last N averages its N newest interval checkpoints")
-    parser.add_argument("--last", type=int, default=0, help="how many interval checkpoints of --dir to average")
-    parser.add_argument("--best", type=int, default=0, help="average the N best checkpoint.best_*.pt of --dir "
+    parser.add_argument("--last", type=COUNT, default=0, help="how many interval checkpoints of --dir to average")
+    parser.add_argument("--best", type=COUNT, default=0, help="average the N best checkpoint.best_*.pt of --dir "
                         "(fairseq-train --keep-best-checkpoints N)")
     direction = parser.add_mutually_exclusive_group()
     direction.add_argument("--maximize", action="store_true", default=None,

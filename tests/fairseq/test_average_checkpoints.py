@@ -79,3 +79,14 @@ def test_best_and_ema_errors_are_one_line(tmp_path):
         main(args + ["--best", "3"])
     with pytest.raises(SystemExit, match=r"^average_checkpoints: error: .*has no EMA weights; train with --store-ema"):
         main(args + ["--last", "1", "--ema"])
+
+
+def test_a_negative_count_is_refused_not_read_as_zero(tmp_path, capsys):
+    """--last -1 beside --inputs used to average the inputs alone without a word."""
+    _save(tmp_path / "checkpoint_1_100.pt", torch.zeros(1), torch.tensor([0]), 100)
+    for flag in ("--last", "--best"):
+        with pytest.raises(SystemExit) as info:
+            main(["--dir", str(tmp_path), flag, "-1", "--inputs", str(tmp_path / "checkpoint_1_100.pt"),
+                  "--output", str(tmp_path / "o.pt")])
+        assert info.value.code == 2 and not (tmp_path / "o.pt").exists()
+        assert f"argument {flag}: must be in [0, inf), got -1" in capsys.readouterr().err
