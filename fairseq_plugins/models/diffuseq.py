@@ -105,7 +105,10 @@ class DiffuSeqModel(EmbeddingDiffusionModel):
         z0_self_cond = self.self_condition_input(lambda sc: self.denoise(z_t, t, sc, padding))
         z0_hat = self.denoise(z_t, t, z0_self_cond, padding)
         mse = masked_mse(z0_hat, z0, region)
-        rounding = token_nll(self.output_logits(z0), tokens, region, self.cfg.label_smoothing)
+        # logits of the target region alone (the layout's last R columns): the source columns carry no rounding loss,
+        # and their (V)-wide logits and log-softmax were a quarter of the rounding's work on Multi30k
+        r = slice(src_tokens.size(1), None)
+        rounding = token_nll(self.output_logits(z0[:, r]), tokens[:, r], region[:, r], self.cfg.label_smoothing)
         t_T = prior_loss(z0, float(self.diffusion.a[-1]), region)
         if self.time_sampler is not None and self.training:
             self.time_sampler.update(t, mse.per_example / mse.tokens.clamp(min=1))
