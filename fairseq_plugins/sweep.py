@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Dict, List, NamedTuple, Sequence, Tuple
 
 from difftext.evaluation import PROTOCOLS, evaluate, flatten
+from difftext.options import bounded
 from fairseq_plugins.score import ScoreError, groups_and_refs
 
 SELECTIONS = ("score", "mbr-bleu", "mbr-rouge")
@@ -160,6 +161,9 @@ def plot(rows: List[Dict], metric: str, out_dir: Path) -> List[Path]:
     return paths
 
 
+POSITIVE = bounded(int, "[1, inf)")  # a bad grid value is refused before the first decode
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="difftext-sweep", description=__doc__, allow_abbrev=False,
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -167,9 +171,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("data", help="the fairseq-preprocess data directory")
     parser.add_argument("--path", required=True, help="checkpoint to decode with")
     parser.add_argument("--out-dir", type=Path, required=True, help="where the CSV, the plots and outputs go")
-    parser.add_argument("--steps", type=int, nargs="+", default=[20], help="decoding steps to try")
-    parser.add_argument("--length-beam", type=int, nargs="+", default=[1], help="length beams K to try")
-    parser.add_argument("--noise-beam", type=int, nargs="+", default=[1], help="noise beams M to try")
+    parser.add_argument("--steps", type=POSITIVE, nargs="+", default=[20], help="decoding steps to try")
+    parser.add_argument("--length-beam", type=POSITIVE, nargs="+", default=[1], help="length beams K to try")
+    parser.add_argument("--noise-beam", type=POSITIVE, nargs="+", default=[1], help="noise beams M to try")
     parser.add_argument("--selection", nargs="+", choices=SELECTIONS, default=["score"],
                         help="candidate selections to try")
     parser.add_argument("--gen-subset", default="test", help="split to decode (default: test)")

@@ -35,6 +35,9 @@ def test_bad_flags_are_refused_before_decoding(tmp_path):
         sweep(base + ["--decoding-steps", "5"])
     with pytest.raises(ScoreError, match="--metric bleurt is not computed; choose from .*sacrebleu"):
         sweep(base + ["--metric", "bleurt"])
+    with pytest.raises(SystemExit):  # argparse: "argument --steps: must be in [1, inf), got 0"
+        sweep(base + ["--steps", "5", "0"])
+    assert not (tmp_path / "generate").exists()
 
 
 @pytest.mark.slow
