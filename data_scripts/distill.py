@@ -30,6 +30,9 @@ try:
 except ImportError:
     import common
 
+from difftext.options import bounded
+
+POSITIVE = bounded(int, "[1, inf)")  # refused when parsed, not by fairseq-generate after the teacher has loaded
 ROOT = Path(__file__).resolve().parents[1]
 HYPOTHESIS = re.compile(r"^H-(\d+)\t[^\t]*\t(.*)$")
 COPIED = ("spm.model", "spm.vocab")
@@ -42,18 +45,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out-dir", type=Path, required=True, help="the distilled data-bin to write")
     p.add_argument("--src", default=None, help="source language (default: from the data-bin)")
     p.add_argument("--tgt", default=None, help="target language (default: from the data-bin)")
-    p.add_argument("--beam", type=int, default=5, help="beam size")
+    p.add_argument("--beam", type=POSITIVE, default=5, help="beam size")
     p.add_argument("--lenpen", type=float, default=1.0, help="length penalty")
     p.add_argument("--max-len-a", type=float, default=0, help="hypotheses have at most a * source + b tokens")
     p.add_argument("--max-len-b", type=int, default=200, help="see --max-len-a")
-    p.add_argument("--max-tokens", type=int, default=8192, help="tokens per batch")
-    p.add_argument("--batch-size", type=int, default=None, help="sentences per batch (besides --max-tokens)")
+    p.add_argument("--max-tokens", type=POSITIVE, default=8192, help="tokens per batch")
+    p.add_argument("--batch-size", type=POSITIVE, default=None, help="sentences per batch (besides --max-tokens)")
     p.add_argument("--cpu", action="store_true", help="decode on the CPU")
     p.add_argument("--fp16", action="store_true", help="decode in half precision")
     p.add_argument("--on-failure", choices=("reference", "drop"), default="reference",
                    help="what a sentence without a teacher output becomes: its reference target, or nothing")
     p.add_argument("--generate-args", default="", help="further fairseq-generate options, as one string")
-    p.add_argument("--workers", type=int, default=2, help="fairseq-preprocess worker processes")
+    p.add_argument("--workers", type=POSITIVE, default=2, help="fairseq-preprocess worker processes")
     return p.parse_args(argv)
 
 

@@ -93,3 +93,11 @@ def test_missing_teacher_is_one_line(tmp_path):
                     tmp_path / "none.pt", "--out-dir", tmp_path / "kd", "--src", "de", "--tgt", "en"], check=False)
     assert proc.returncode != 0 and proc.stderr.strip().splitlines() == [
         f"error: teacher checkpoint not found: {tmp_path / 'none.pt'}; pass --teacher with a .pt file"]
+
+
+def test_a_beam_of_zero_is_refused_before_the_teacher_loads(tmp_path):
+    proc = run_cli([sys.executable, ROOT / "data_scripts" / "distill.py", "--data", tmp_path, "--teacher",
+                    tmp_path / "none.pt", "--out-dir", tmp_path / "kd", "--beam", "0"], check=False)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].endswith(
+        "error: argument --beam: must be in [1, inf), got 0")
+    assert not (tmp_path / "kd").exists()
