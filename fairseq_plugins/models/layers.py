@@ -33,7 +33,8 @@ def config_defaults(cfg, config_class):
     A checkpoint stores the model config it was trained with, under its arch name (``difformer_small``), and
     fairseq merges a model's dataclass defaults only into configs named after the model itself, so a field added
     after the checkpoint was saved would be missing when the model is built again. Defaults that interpolate
-    other config groups (``${task.x}``) are left out: a checkpoint's config always has those fields.
+    other config groups (``${task.x}``) are left out: a checkpoint's config always has those fields. Then every
+    option's range is checked (:func:`check_ranges`).
     """
     if not OmegaConf.is_config(cfg):
         check_ranges(cfg, config_class)
