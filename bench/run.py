@@ -27,11 +27,10 @@ from bench import data, report  # noqa: E402
 from bench.common import BENCH, ROOT, BenchError, read_json  # noqa: E402
 from bench.models import DEFAULT_MODELS, FULL_GRID, SMOKE_GRID, SMOKE_MODELS, specs  # noqa: E402
 from bench.pipeline import Settings, run_cost, run_full_test, run_model  # noqa: E402
-from difftext.options import bounded  # noqa: E402
+from difftext.options import COUNT, POSITIVE, bounded  # noqa: E402
 
 # every number is checked when parsed: a budget of 0 or less would let fairseq-train run without end (and its
 # --stop-time-hours has 5 decimals, so a budget is at least 0.01 minutes)
-POSITIVE, COUNT = bounded(int, "[1, inf)"), bounded(int, "[0, inf)")
 FRACTION, MINUTES = bounded(float, "(0, 1]"), bounded(float, "[0.01, inf)")
 
 

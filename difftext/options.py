@@ -24,3 +24,7 @@ def bounded(kind, interval: str):
 
     parse.__name__ = kind.__name__  # argparse names the type in its "invalid ... value" message
     return parse
+
+
+POSITIVE = bounded(int, "[1, inf)")  # steps, beams, batch sizes, workers
+COUNT = bounded(int, "[0, inf)")     # warm-up updates, how many checkpoints (0: none)

@@ -25,7 +25,7 @@ from typing import List, Optional
 
 import torch
 
-from difftext.options import bounded
+from difftext.options import COUNT  # a negative --last or --best was read as 0
 from fairseq_plugins import checkpoints, compat
 from fairseq_plugins.errors import DifftextError
 
@@ -104,9 +104,6 @@ def average(paths: List[Path], ema: bool = False) -> dict:
         out["extra_state"] = {k: v for k, v in (out.get("extra_state") or {}).items()
                               if k not in ("ema", "ema_fp32_params")}
     return out
-
-
-COUNT = bounded(int, "[0, inf)")  # a negative --last or --best was read as 0
 
 
 def build_parser() -> argparse.ArgumentParser:

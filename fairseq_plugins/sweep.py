@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Dict, List, NamedTuple, Sequence, Tuple
 
 from difftext.evaluation import PROTOCOLS, evaluate, flatten
-from difftext.options import bounded
+from difftext.options import POSITIVE
 from fairseq_plugins.score import ScoreError, groups_and_refs
 
 SELECTIONS = ("score", "mbr-bleu", "mbr-rouge")
@@ -159,9 +159,6 @@ def plot(rows: List[Dict], metric: str, out_dir: Path) -> List[Path]:
     fig.savefig(paths[1], dpi=120)
     plt.close(fig)
     return paths
-
-
-POSITIVE = bounded(int, "[1, inf)")  # a bad grid value is refused before the first decode
 
 
 def build_parser() -> argparse.ArgumentParser:
