@@ -221,7 +221,7 @@ class DiffusionGenerator:
         decides near-ties differently)."""
         if search is None:
             return nearest_embedding(z0, table)
-        return search(z0, products=logits)
+        return search(z0, products=logits, last=True)
 
     def _sample_masked(self, problem):
         """A masked-diffusion sampler over all candidates: tokens (N, L) and each token's log-prob when drawn."""

@@ -165,6 +165,17 @@ def test_row_top_is_topk(cols, n):
     assert torch.equal(values, expect.values) and torch.equal(columns, expect.indices)
 
 
+@pytest.mark.parametrize("n", [1, 9])
+def test_row_top_is_topk_on_int_products_and_views(n):
+    """The int32 products of the int8 screen, with ties, and a non-contiguous view (the other block path)."""
+    g = torch.Generator().manual_seed(n)
+    scores = torch.randint(-50, 50, (40, 2 * 64 * 10), generator=g, dtype=torch.int32)
+    for view in (scores, scores.t().contiguous().t(), scores[::2]):
+        values, columns = row_top(view, n, block=64)
+        assert torch.equal(values, view.topk(n, -1).values)
+        assert torch.equal(view.gather(1, columns), values)  # ties may pick other columns of the same value
+
+
 @pytest.mark.parametrize("spread", [0.0, 0.05, 1.0])  # equal norms (layer norm), nearly equal, unequal
 def test_full_searches_read_the_products_the_caller_made(spread):
     """The rounding's logits z E^T stand in for the search's own product: same rows as brute force, at the first
@@ -179,3 +190,29 @@ def test_full_searches_read_the_products_the_caller_made(spread):
     assert torch.equal(search(z, products=z @ table.t()), brute(z, table)) and search.full_searches > 400
     other = z.flip(0)
     assert torch.equal(NearestEmbedding(table, 4)(z, products=other @ table.t()), brute(other, table))
+
+
+@pytest.mark.parametrize("given", [False, True])  # the int8 screen / the caller's products
+def test_last_search_finds_the_nearest_rows_and_keeps_nothing(given):
+    """``last=True`` (no search of these points follows): brute force's rows, a top-1 without any kept rows, and
+    the rows kept by the steps before it stay as they were, still exact for a search after it."""
+    g = torch.Generator().manual_seed(4)
+    table = torch.nn.functional.layer_norm(torch.randn(3000, 32, generator=g), (32,))
+    z = table[torch.randint(0, 3000, (300,), generator=g)] + 0.7 * torch.randn(300, 32, generator=g)
+
+    def products(x):
+        return x @ table.t() if given else None
+
+    first = NearestEmbedding(table, 4)
+    assert torch.equal(first(z, products(z), last=True), brute(z, table)) and first.cand is None
+    search = NearestEmbedding(table, 4)
+    search(z, products(z))
+    kept = [search.cand.clone(), search.next_score.clone(), search.z_ref.clone(), search.kept_rows.clone()]
+    moved = z + 0.5 * torch.randn(z.shape, generator=g)
+    full = search.full_searches
+    assert torch.equal(search(moved, products(moved), last=True), brute(moved, table))
+    assert search.full_searches > full  # some points were searched in full, and kept nothing
+    after = [search.cand, search.next_score, search.z_ref, search.kept_rows]
+    assert all(torch.equal(a, b) for a, b in zip(kept, after))
+    again = z + 0.3 * torch.randn(z.shape, generator=g)
+    assert torch.equal(search(again, products(again)), brute(again, table))
