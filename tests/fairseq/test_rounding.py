@@ -15,8 +15,10 @@ def test_nearest_from_logits_is_the_nearest_row():
     z0 = table[torch.randint(0, 3000, (400,), generator=g)] + 0.7 * torch.randn(400, 32, generator=g)
     search = NearestEmbedding(table)
     search(z0 - 0.1 * torch.randn(400, 32, generator=g))  # the last clamp
+    kept = search.cand.clone()
     assert torch.equal(DiffusionGenerator._nearest(z0, z0 @ table.t(), table, search), nearest_embedding(z0, table))
-    assert search.searches == 800 and search.full_searches < 800
+    assert search.searches == 800 and 400 < search.full_searches < 800
+    assert torch.equal(search.cand, kept)  # the rounding is the last search: its full searches keep nothing
 
 
 def test_nearest_from_half_precision_logits_searches_in_float32():
