@@ -216,3 +216,18 @@ def test_last_search_finds_the_nearest_rows_and_keeps_nothing(given):
     assert all(torch.equal(a, b) for a, b in zip(kept, after))
     again = z + 0.3 * torch.randn(z.shape, generator=g)
     assert torch.equal(search(again, products(again)), brute(again, table))
+
+
+def test_a_search_from_products_scores_every_row_where_their_ranks_mislead():
+    """On a table of nearly equal norms a search from the caller's products scores only the rows of highest
+    product, unless a bound says another row may score more: here the nearest row is only the third by product."""
+    table = torch.nn.functional.layer_norm(torch.randn(2000, 32, generator=torch.Generator().manual_seed(5)), (32,))
+    base = table[0].clone()
+    table[1], table[2] = base, 0.996 * base  # row 2 is a little shorter than rows 0 and 1 (0.8%)
+    z = 0.5 * base.unsqueeze(0)
+    products = z @ table.t()
+    assert products[0].topk(3).indices.tolist()[2] == 2 and brute(z, table).tolist() == [2]
+    search = NearestEmbedding(table, 4)
+    assert search.equal_norms
+    assert search(z, products=products, last=True).tolist() == [2]  # the top 2 products' rows are not it
+    assert search(z, products=products).tolist() == [2] and search.cand[0, 0] == 2
