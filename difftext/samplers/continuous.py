@@ -133,8 +133,7 @@ class NearestEmbedding:
                              alpha=2.0).squeeze(1)  # (M, K) exact scores
         best, which = kept.max(-1)
         out = self.cand.gather(1, which.unsqueeze(1)).squeeze(1)
-        margin = self.MARGIN * self.radius * (self.radius + 2 * z.norm(dim=-1))
-        redo = (best < self._bound(z) + margin).nonzero().squeeze(1)
+        redo = (best < self._bound(z) + self._margin(z)).nonzero().squeeze(1)
         if redo.numel():
             self.full_searches += redo.numel()
             moved = take(z, redo)
@@ -189,6 +188,10 @@ class NearestEmbedding:
         """The float32 search of one chunk: nearest rows, k best rows, (k+1)-th best score."""
         if products is not None and self.equal_norms and products.size(1) > k + 2:
             return self._from_products(z, products, k)
+        return self._every_row(z, products, k)
+
+    def _every_row(self, z, products, k):
+        """:meth:`_exact` by scoring every row: from the table's product with z, or from the caller's products."""
         if products is None:
             scores = torch.addmm(self.neg_sq_norms, z, self.table.t(), alpha=2.0)
         else:
@@ -212,15 +215,16 @@ class NearestEmbedding:
         exact = torch.add(take(self.neg_sq_norms, cols[:, :n]), top[:, :n], alpha=2.0)  # as the full scores are
         values, order = exact.topk(k + 1, -1)
         rows = cols.gather(1, order)
-        margin = self.MARGIN * self.radius * (self.radius + 2 * z.norm(dim=-1))
-        bound = 2 * top[:, n] - self.sq_norm_range[0] + margin
+        bound = 2 * top[:, n] - self.sq_norm_range[0] + self._margin(z)
         out, cand, next_score = rows[:, 0].clone(), rows[:, :k].clone(), torch.maximum(values[:, k], bound)
         redo = (values[:, 0] <= bound).nonzero().squeeze(1)
         if redo.numel():
-            scores = torch.add(self.neg_sq_norms, take(products, redo), alpha=2.0)
-            values, rows = row_top(scores, k + 1)
-            out[redo], cand[redo], next_score[redo] = rows[:, 0], rows[:, :k], values[:, k]
+            out[redo], cand[redo], next_score[redo] = self._every_row(None, take(products, redo), k)
         return out, cand, next_score
+
+    def _margin(self, z):
+        """Slack (M,) added to every bound, against float rounding in the scores of z (1e-4 of their scale)."""
+        return self.MARGIN * self.radius * (self.radius + 2 * z.norm(dim=-1))
 
     def _screen_ready(self, z):
         """Whether the int8 screen applies: a table of V >= 1024 rows on a CPU with torch's int8 matmul, whose
@@ -256,8 +260,7 @@ class NearestEmbedding:
         rows, rest = rows[:, :screen], top[:, screen]
         exact = torch.baddbmm(take(self.neg_sq_norms, rows).unsqueeze(1), z.unsqueeze(1),
                               take(self.table, rows).transpose(1, 2), alpha=2.0).squeeze(1)  # (m, screen)
-        margin = self.MARGIN * self.radius * (self.radius + 2 * z.norm(dim=-1))
-        rest_bound = 2 * scale * table.scale * rest.float() + 2 * delta - self.sq_norm_range[0] + margin
+        rest_bound = 2 * scale * table.scale * rest.float() + 2 * delta - self.sq_norm_range[0] + self._margin(z)
         values, order = exact.topk(k + 1, -1)
         best = rows.gather(1, order)
         settled = values[:, 0] > rest_bound
