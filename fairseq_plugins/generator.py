@@ -190,19 +190,29 @@ class DiffusionGenerator:
         z0 = z0_hat[out]
         logits = self.model.output_logits(z0).float()  # (M, V)
         nearest = self._nearest(z0, logits, table, search) if cfg.clamping else None
+        maxima = self._maxima_without_bos(search) if nearest is not None else None
         logits[:, self.bos] = float("-inf")  # bos is banned from the output
         if nearest is None:
-            picked = row_top(logits, 1)[1].squeeze(1)
+            maxima, picked = (x.squeeze(1) for x in row_top(logits, 1))
         else:  # the nearest rows, except bos: there the rounding's best token
             picked = nearest
             at_bos = nearest.eq(self.bos).nonzero().squeeze(1)
             if at_bos.numel():
                 picked[at_bos] = row_top(logits[at_bos], 1)[1].squeeze(1)
         # the picked tokens' rounding log-probs, log softmax(logits) at picked, without the (M, V) log_softmax
-        log_probs = logits.gather(-1, picked.unsqueeze(-1)).squeeze(-1) - row_logsumexp(logits)
+        log_probs = logits.gather(-1, picked.unsqueeze(-1)).squeeze(-1) - row_logsumexp(logits, maxima=maxima)
         tokens = out.new_full(out.shape, self.pad, dtype=torch.long).masked_scatter_(out, picked)
         scores = log_probs.new_zeros(out.shape).masked_scatter_(out, log_probs)
         return tokens, scores
+
+    def _maxima_without_bos(self, search):
+        """Each row's largest logit but bos's, from the best products the rounding's search read (None where it
+        read none): the log-softmax's maxima, with bos banned."""
+        top = None if search is None else search.products_top
+        if top is None:
+            return None
+        values, columns = top
+        return torch.where(columns[:, 0].eq(self.bos), values[:, 1], values[:, 0])
 
     def _latent_table(self):
         """The model's latent table, computed again only when one of its parameters changed (a tensor updated in

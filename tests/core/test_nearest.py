@@ -126,6 +126,8 @@ def test_a_search_takes_over_the_int8_table_of_an_earlier_one_only_for_the_same_
     other[7, 3] += 1e-3
     changed = NearestEmbedding(other, 4, reuse=first)
     assert same.int8 is first.int8 and changed.int8 is None
+    assert same.neg_sq_norms is first.neg_sq_norms  # and the row norms
+    assert changed.neg_sq_norms[7] == -(other[7] * other[7]).sum() != first.neg_sq_norms[7]
     assert torch.equal(same(z), brute(z, table)) and torch.equal(changed(z), brute(z, other))
     assert changed.int8 is not first.int8
 

@@ -1,4 +1,5 @@
 """The generator's last clamp, taken from the rounding's logits instead of a second (V, D) product."""
+import math
 from types import SimpleNamespace
 
 import pytest
@@ -52,9 +53,11 @@ class _Model:
 
 
 @pytest.mark.parametrize("clamping", [True, False])
-def test_rounding_scores_are_the_picked_tokens_log_softmax(clamping):
+@pytest.mark.parametrize("scale", [1.0, 40.0])
+def test_rounding_scores_are_the_picked_tokens_log_softmax(clamping, scale):
     """Tokens: the nearest rows (clamping) or the rounding's argmax, never bos; scores: log_softmax of the rounding
-    logits (bos banned) at those tokens, at the output positions only."""
+    logits (bos banned) at those tokens, at the output positions only. At scale 40 the logits reach ~640 and bos's
+    leads its row by more than exp's range: the log-softmax must shift by the largest logit but bos's."""
     from fairseq_plugins.models.embedding_diffusion import DecodingProblem
 
     g = torch.Generator().manual_seed(3)
@@ -62,6 +65,7 @@ def test_rounding_scores_are_the_picked_tokens_log_softmax(clamping):
     table = torch.nn.functional.layer_norm(torch.randn(vocab, dim, generator=g), (dim,))
     z0 = 0.3 * table[torch.randint(2, vocab, (3, 5), generator=g)] + 0.2 * torch.randn(3, 5, dim, generator=g)
     z0[0, 1] = table[bos]  # nearest row bos: the rounding's best other token instead
+    z0 = z0 * scale
     mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0], [1, 1, 1, 1, 0]], dtype=torch.bool)
     problem = DecodingProblem(shape=z0.shape, denoise_fn=lambda z_t, t, sc: z0.clone(), owner=torch.arange(3),
                               output_mask=mask, stop_at_eos=False)
@@ -80,19 +84,27 @@ def test_rounding_scores_are_the_picked_tokens_log_softmax(clamping):
         expect = torch.where(near.eq(bos), expect, near)
     assert torch.equal(tokens[mask], expect[mask]) and tokens[~mask].eq(pad).all() and tokens.ne(bos).all()
     expect_scores = torch.log_softmax(logits, -1).gather(-1, expect.unsqueeze(-1)).squeeze(-1)
-    torch.testing.assert_close(scores[mask].double(), expect_scores[mask], rtol=0, atol=1e-5)
+    torch.testing.assert_close(scores[mask].double(), expect_scores[mask], rtol=0, atol=1e-5 * scale)
     assert scores[~mask].eq(0).all()
 
 
 @pytest.mark.parametrize("rows", [1, 32, 100])
-def test_row_logsumexp_is_logsumexp(rows):
+@pytest.mark.parametrize("offset", [0.0, 500.0, -500.0])
+def test_row_logsumexp_is_logsumexp(rows, offset):
+    """Both of its paths: blocks within +-60 exponentiated unshifted, the others (an offset of +-500 overflows or
+    underflows exp) shifted by their maxima; with the maxima given or found."""
+    from difftext.samplers import continuous
     from difftext.samplers.continuous import row_logsumexp
 
-    x = 20 * torch.randn(70, 900, generator=torch.Generator().manual_seed(rows))
+    x = 20 * torch.randn(70, 900, generator=torch.Generator().manual_seed(rows)) + offset
+    x[:10] -= offset  # the first blocks within +-60 whatever the offset
     x[3, 5:] = float("-inf")
     x[4] = float("-inf")  # a row with nothing: -inf, not nan
-    torch.testing.assert_close(row_logsumexp(x, rows=rows), torch.logsumexp(x, -1), rtol=1e-6, atol=1e-5)
+    expect = torch.logsumexp(x.double(), -1)
+    for maxima in (None, x.amax(-1)):
+        torch.testing.assert_close(row_logsumexp(x, rows=rows, maxima=maxima).double(), expect, rtol=1e-6, atol=1e-5)
     assert row_logsumexp(x[:0]).shape == (0,)
+    assert continuous.UNSHIFTED < 88 - math.log(x.size(1))  # no unshifted sum can overflow float32
 
 
 def test_the_latent_table_is_computed_again_only_when_a_parameter_changes():
