@@ -235,8 +235,8 @@ class NearestEmbedding:
         the bound joins the (k+1)-th exact score as the bound on the rows not kept; elsewhere every row is scored.
         For tables of nearly equal row norms only (:attr:`equal_norms`; Difformer's layer-normed rows: within
         0.12%): there the ranks of the products are those of the scores but for near-ties, so the bound holds for
-        almost every point and the (m, V) scores are never made (the rounding's search of 568 of 1252 points in
-        full cost ~12 ms of copy, add and top-1 before); on free embeddings (DiffuSeq) it would mostly fail.
+        almost every point and the (m, V) scores are never made; on free embeddings (DiffuSeq) it would mostly
+        fail.
         """
         n = k + 2
         top, cols = row_top(products, n + 1) if best is None else best
