@@ -116,7 +116,8 @@ class NearestEmbedding:
         self.full_searches = self.searches = 0  # points searched in full / all points searched
         self.unscreened = 0  # of those searched in full, points the int8 screen could not settle
 
-    def __call__(self, z: torch.Tensor, products: Optional[torch.Tensor] = None, last: bool = False) -> torch.Tensor:
+    def __call__(self, z: torch.Tensor, products: Optional[torch.Tensor] = None, last: bool = False,
+                 points: Optional[slice] = None) -> torch.Tensor:
         """Nearest row indices (M,) of the points z (M, D); with candidates > 0, the same M points each call.
 
         products: z's products with every row, z E^T (M, V) in float32, where the caller has made them anyway
@@ -127,7 +128,11 @@ class NearestEmbedding:
         (:meth:`_from_products`) and leaves them in :attr:`products_top` for the caller: one pass over the (M, V)
         products, whose maxima the caller's log-softmax needs, instead of the kept rows' bound and a copy of the
         rows that fail it (the 45-minute self-conditioned Difformer: 568 of 1252).
+        points: a last search in parts (the caller's products made a chunk at a time): the rows of the M points of
+        the searches before that z holds, ``slice(start, start + len(z))``.
         """
+        if points is not None and not last:
+            raise ValueError("NearestEmbedding: a search of part of the points (points=) must be the last one")
         z = z.float()
         m = z.size(0)
         self.searches += m
@@ -137,32 +142,39 @@ class NearestEmbedding:
             self.full_searches += m
             self.products_top = row_top(products, keep + 3)
             return self._from_products(z, products, keep, self.products_top)[0]
-        if self.k == 0 or self.cand is None or self.cand.size(0) != m:
+        cached = None if self.cand is None else [x if points is None else x[points] for x in self._cache()]
+        if self.k == 0 or cached is None or cached[0].size(0) != m:
             self.full_searches += m
             out, cand, next_score = self._full(z, products, keep)
             if keep:
                 self.cand, self.next_score, self.z_ref = cand, next_score, z.clone()
                 self.kept_rows, self.kept_neg_sq = take(self.table, cand), take(self.neg_sq_norms, cand)  # (M,K,D)
             return out
-        kept = torch.baddbmm(self.kept_neg_sq.unsqueeze(1), z.unsqueeze(1), self.kept_rows.transpose(1, 2),
+        cand, next_score, z_ref, kept_rows, kept_neg_sq = cached
+        kept = torch.baddbmm(kept_neg_sq.unsqueeze(1), z.unsqueeze(1), kept_rows.transpose(1, 2),
                              alpha=2.0).squeeze(1)  # (M, K) exact scores
         best, which = kept.max(-1)
-        out = self.cand.gather(1, which.unsqueeze(1)).squeeze(1)
-        redo = (best < self._bound(z)).nonzero().squeeze(1)
+        out = cand.gather(1, which.unsqueeze(1)).squeeze(1)
+        redo = (best < self._bound(z, z_ref, next_score)).nonzero().squeeze(1)
         if redo.numel():
             self.full_searches += redo.numel()
             moved = take(z, redo)
-            found, cand, next_score = self._full(moved, None if products is None else take(products, redo), keep)
+            found, rows, score = self._full(moved, None if products is None else take(products, redo), keep)
             out.index_copy_(0, redo, found)  # index_copy_, not out[redo] = ...: on a CPU 2-4x faster (see take)
-            if keep:
-                renewed = ((self.cand, cand), (self.next_score, next_score), (self.z_ref, moved),
-                           (self.kept_rows, take(self.table, cand)), (self.kept_neg_sq, take(self.neg_sq_norms, cand)))
-                for kept, new in renewed:
+            if keep:  # (not last, so every point: cached is the cache itself)
+                renewed = (rows, score, moved, take(self.table, rows), take(self.neg_sq_norms, rows))
+                for kept, new in zip(cached, renewed):
                     kept.index_copy_(0, redo, new)
         return out
 
-    def _bound(self, z):
-        """An upper bound (M,) on the score at z of every row outside each point's kept rows, float slack included.
+    def _cache(self):
+        """What each point keeps from its last full search: its K best rows, the (K+1)-th best score, z_ref, and
+        the kept rows' vectors (M, K, D) and negated squared norms."""
+        return self.cand, self.next_score, self.z_ref, self.kept_rows, self.kept_neg_sq
+
+    def _bound(self, z, ref, next_score):
+        """An upper bound (M,) on the score at z of every row outside each point's kept rows, float slack included;
+        ref: z_ref of the points, next_score: their s_(K+1)(z_ref).
 
         Two bounds, the smaller taken. Moving: s_v(z) <= s_(K+1)(z_ref) + 2 R ||z - z_ref||. Scaled: with
         z = a z_ref + w (w orthogonal to z_ref) and a >= 0, s_v(z) = a s_v(z_ref) + (a - 1) ||e_v||^2 + 2 w.e_v
@@ -173,12 +185,12 @@ class NearestEmbedding:
         norms from w's: it runs at every step on every point, and each pass over (M, D) costs more than the
         arithmetic on (M,).
         """
-        ref, radius, (low, high) = self.z_ref, self.radius, self.sq_norm_range
+        radius, (low, high) = self.radius, self.sq_norm_range
         ref_sq = ref.norm(dim=-1).square_()
         a = (z * ref).sum(-1).div_(ref_sq.clamp_min(1e-30))
         w_sq = torch.addcmul(z, a.unsqueeze(-1), ref, value=-1.0).norm(dim=-1).square_()  # w = z - a z_ref
-        moving = (1 - a).square_().mul_(ref_sq).add_(w_sq).sqrt_().mul_(2 * radius).add_(self.next_score)
-        scaled = (a - 1).mul_(torch.where(a >= 1, high, low)).addcmul_(a, self.next_score)
+        moving = (1 - a).square_().mul_(ref_sq).add_(w_sq).sqrt_().mul_(2 * radius).add_(next_score)
+        scaled = (a - 1).mul_(torch.where(a >= 1, high, low)).addcmul_(a, next_score)
         scaled.add_(w_sq.sqrt().mul_(2 * radius))
         bound = torch.where((a >= 0) & (ref_sq > 0), torch.minimum(moving, scaled), moving)
         z_norm = a.square().mul_(ref_sq).add_(w_sq).sqrt_()

@@ -96,9 +96,10 @@ class EmbeddingDiffusionModel(BaseFairseqModel):
         z = self.embed(tokens)
         return self.embed_norm(z) if self.embed_norm is not None else z
 
-    def output_logits(self, z0_hat: torch.Tensor) -> torch.Tensor:
-        """The tied output layer: logits = z0_hat E^T, (B, L, D) -> (B, L, V)."""
-        return z0_hat @ self.latent_table().t()
+    def output_logits(self, z0_hat: torch.Tensor, table: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The tied output layer: logits = z0_hat E^T, (B, L, D) -> (B, L, V). table: :meth:`latent_table`, where
+        the caller has it (a decoder rounding its points a chunk at a time)."""
+        return z0_hat @ (self.latent_table() if table is None else table).t()
 
     def decoding_diffusion(self, noise_factor: Optional[float]) -> GaussianDiffusion:
         if noise_factor is None:

@@ -62,7 +62,7 @@ def test_points_growing_along_themselves_reuse_their_rows(equal_norms):
 
     assert walk_outwards(NearestEmbedding(table, 4)) < 1.5 * 300  # the first step, then few
     only = NearestEmbedding(table, 4)
-    only._bound = lambda z: only.next_score + 2 * only.radius * (z - only.z_ref).norm(dim=-1)  # the moving bound
+    only._bound = lambda z, ref, next_score: next_score + 2 * only.radius * (z - ref).norm(dim=-1)  # the moving bound
     assert walk_outwards(only) > 3 * 300
 
 
@@ -218,6 +218,29 @@ def test_last_search_finds_the_nearest_rows_and_keeps_nothing(given):
     assert all(torch.equal(a, b) for a, b in zip(kept, after))
     again = z + 0.3 * torch.randn(z.shape, generator=g)
     assert torch.equal(search(again, products(again)), brute(again, table))
+
+
+@pytest.mark.parametrize("given", [False, True])  # the int8 screen / the caller's products
+def test_last_search_in_parts_reads_each_points_own_rows(given):
+    """A last search a chunk at a time (``points``: the rows of the points it holds) goes on from each point's own
+    kept rows: brute force's rows and the same number of full searches as one call over all points. Read from
+    other points' rows, most points would fail their bound (a free table: the products do not settle them)."""
+    g = torch.Generator().manual_seed(6)
+    table = torch.randn(3000, 32, generator=g) * (1 + torch.rand(3000, 1, generator=g))  # unequal norms
+    z = table[torch.randint(0, 3000, (300,), generator=g)] + 0.7 * torch.randn(300, 32, generator=g)
+    moved = z + 0.05 * torch.randn(z.shape, generator=g)
+    searches = [NearestEmbedding(table, 4), NearestEmbedding(table, 4)]
+    for search in searches:
+        search(z)
+    whole, parts = searches
+    full = parts.full_searches
+    assert torch.equal(whole(moved, moved @ table.t() if given else None, last=True), brute(moved, table))
+    found = [parts(moved[i:i + 64], moved[i:i + 64] @ table.t() if given else None, last=True, points=slice(i, i + 64))
+             for i in range(0, 300, 64)]
+    assert torch.equal(torch.cat(found), brute(moved, table))
+    assert parts.full_searches == whole.full_searches < full + 30 and parts.searches == 600
+    with pytest.raises(ValueError, match="must be the last one"):
+        parts(moved[:64], points=slice(0, 64))
 
 
 def test_a_search_from_products_scores_every_row_where_their_ranks_mislead():

@@ -34,7 +34,7 @@ class _Model:
     self_conditioning = False
 
     def __init__(self, table):
-        self.table = table
+        self.table, self.rounded = table, []  # the points of each output_logits call
 
     def decoding_diffusion(self, noise_factor):
         from difftext.processes.gaussian import GaussianDiffusion, NoiseFactor
@@ -48,21 +48,27 @@ class _Model:
     def parameters(self):
         return iter(())
 
-    def output_logits(self, z0):
-        return z0 @ self.table.t()
+    def output_logits(self, z0, table=None):
+        self.rounded.append(z0.size(0))
+        return z0 @ (self.table if table is None else table).t()
 
 
 @pytest.mark.parametrize("clamping", [True, False])
 @pytest.mark.parametrize("scale", [1.0, 40.0])
-def test_rounding_scores_are_the_picked_tokens_log_softmax(clamping, scale):
+@pytest.mark.parametrize("chunk", [None, 2])  # the rounding's points per output_logits call (None: all at once)
+@pytest.mark.parametrize("free", [False, True])  # a layer-normed table (Difformer) or free embeddings (DiffuSeq)
+def test_rounding_scores_are_the_picked_tokens_log_softmax(clamping, scale, chunk, free):
     """Tokens: the nearest rows (clamping) or the rounding's argmax, never bos; scores: log_softmax of the rounding
     logits (bos banned) at those tokens, at the output positions only. At scale 40 the logits reach ~640 and bos's
-    leads its row by more than exp's range: the log-softmax must shift by the largest logit but bos's."""
+    leads its row by more than exp's range: the log-softmax must shift by the largest logit but bos's. Rounded a
+    chunk of points at a time, each chunk's search goes on from its own points' kept rows."""
     from fairseq_plugins.models.embedding_diffusion import DecodingProblem
 
     g = torch.Generator().manual_seed(3)
     bos, pad, vocab, dim = 0, 1, 700, 16
     table = torch.nn.functional.layer_norm(torch.randn(vocab, dim, generator=g), (dim,))
+    if free:
+        table = table * (0.5 + torch.rand(vocab, 1, generator=g))
     z0 = 0.3 * table[torch.randint(2, vocab, (3, 5), generator=g)] + 0.2 * torch.randn(3, 5, dim, generator=g)
     z0[0, 1] = table[bos]  # nearest row bos: the rounding's best other token instead
     z0 = z0 * scale
@@ -74,7 +80,10 @@ def test_rounding_scores_are_the_picked_tokens_log_softmax(clamping, scale):
     gen.cfg = SimpleNamespace(decoding_noise_factor=None, decoding_steps=3, decoding_method="ddim",
                               clamping=clamping, decoding_early_stop=0)
     gen.pad = pad
+    if chunk:
+        gen.ROUNDING_LOGITS = chunk * vocab + vocab - 1  # chunk points, not chunk + 1
     tokens, scores = gen._sample_continuous(problem, torch.device("cpu"))
+    assert gen.model.rounded == ([12] if chunk is None else [2] * 6)
 
     logits = (z0 @ table.t()).double()
     logits[..., bos] = float("-inf")
