@@ -106,6 +106,27 @@ def test_screened_search_bounds_every_row_it_does_not_keep():
     assert (not_kept <= search.next_score.double() + 1e-4).all()
 
 
+@pytest.mark.parametrize("step, rechecks_settle", [(0.1, True), (0.5, False)])
+def test_a_recheck_keeps_the_rows_that_are_still_nearest(step, rechecks_settle):
+    """A point whose kept rows fail the bound is rechecked by the screen's product: where its best kept row beats
+    every row it does not keep, it keeps its rows and takes a new bound, with no top-k over the table; where the
+    nearest row has moved outside them (large steps), it is ranked in full. Exact throughout, and every row a
+    point does not keep scores at most its bound at z_ref."""
+    table = torch.nn.functional.layer_norm(torch.randn(2048, 32, generator=torch.Generator().manual_seed(21)), (32,))
+    search = NearestEmbedding(table, 4)
+    for z in walk(table, 300, 8, step, seed=21):
+        assert torch.equal(search(z), brute(z, table))
+    scores = 2 * search.z_ref.double() @ table.double().t() - table.double().pow(2).sum(-1)
+    not_kept = scores.scatter(1, search.cand, float("-inf")).amax(-1)
+    assert (not_kept <= search.next_score.double() + 1e-4).all()
+    again = search.full_searches - 300  # full searches after the first step's
+    assert search.int8 and again > 250 and search.unscreened == 0
+    if rechecks_settle:
+        assert search.rechecked >= 0.95 * again
+    else:
+        assert 0.5 * again < search.rechecked < 0.9 * again
+
+
 def test_int8_screen_is_for_tables_of_near_equal_norms():
     """The screen ranks rows by their products alone; with unequal norms its bound would rarely settle a point."""
     table = torch.nn.functional.layer_norm(torch.randn(2048, 32, generator=torch.Generator().manual_seed(13)), (32,))
