@@ -156,6 +156,9 @@ def specs(size: str) -> Dict[str, Spec]:
         Spec("difformer_kd", "Difformer, distilled data", "continuous", td, (*difformer, "--self-condition-prob", "0"),
              crit, decode_flags=CONTINUOUS, teacher="ar"),
     ]
+    for factor in (8, 16):  # outside the default set: the paper's F = 4 against more noise at this budget
+        out.append(Spec(f"difformer_nf{factor}", f"Difformer, noise factor {factor}", "continuous", td,
+                        (*difformer[:-1], str(factor), "--self-condition-prob", "0"), crit, decode_flags=CONTINUOUS))
     for name, label in (("mdlm", "MDLM"), ("md4", "MD4"), ("genmd4", "GenMD4"), ("diffusionbert", "DiffusionBERT")):
         out.append(Spec(name, label, "discrete", td, ("--arch", f"{name}_{size}"), crit, decode_flags=MASKED))
     out.append(Spec("diffusionbert_kd", "DiffusionBERT, distilled data", "discrete", td,
