@@ -279,6 +279,20 @@ def test_report_does_not_compare_models_timed_on_another_machine():
     assert "Targets whose figure comes from another machine" in "\n".join(rep.summary())
 
 
+def test_report_without_the_ar_model_leaves_the_speed_target_unmeasured():
+    """A run of diffusion models alone (a variant beside the suite) has no AR speed to divide by: item 3's target
+    is "not measured" there, not "not met"; with the AR model a slow setting is not met."""
+    from bench.report import Report
+
+    slow = _result("difformer", "continuous", 30.0, 50.0, "Xeon")
+    for results, met, measured in (({"difformer": slow}, None, "–"),
+                                   ({"ar": _result("ar", "ar", 40.0, 100.0, "Xeon"), "difformer": slow}, False, "none")):
+        rep = Report(results, None, "cmd")
+        rep.speed()
+        fast = next(t for t in rep.targets if t["target"].startswith("a diffusion setting"))
+        assert (fast["met"], fast["measured"]) == (met, measured)
+
+
 def test_report_reads_the_paper_configuration_with_its_early_stop():
     """Item 3's paper configuration is Difformer's published decoding, early stop 5 included (15 network calls);
     results decoded before it was in the grid are read from the 20-step setting without it."""
