@@ -279,6 +279,15 @@ def test_report_does_not_compare_models_timed_on_another_machine():
     assert "Targets whose figure comes from another machine" in "\n".join(rep.summary())
 
 
+def test_noise_factor_variants_differ_from_difformer_in_their_noise_factor_only():
+    base = specs("small")["difformer"]
+    for factor in (8, 16):
+        variant = specs("small")[f"difformer_nf{factor}"]
+        assert variant.arch == tuple(str(factor) if a == "4" else a for a in base.arch)
+        assert (variant.task, variant.criterion, variant.decode_flags, variant.family) == \
+            (base.task, base.criterion, base.decode_flags, base.family)
+
+
 def test_report_without_the_ar_model_leaves_the_speed_target_unmeasured():
     """A run of diffusion models alone (a variant beside the suite) has no AR speed to divide by: item 3's target
     is "not measured" there, not "not met"; with the AR model a slow setting is not met."""
