@@ -178,6 +178,20 @@ def test_python_api_translates_strings(data_bin, trained):
     assert "▁" not in "".join(out), "SentencePiece is undone on the way out"
 
 
+def test_quickstart_noise_factor_reaches_difformer_training_once():
+    from examples.quickstart import NOISE_FACTOR, TRAIN_FLAGS, recipe
+
+    def factors(flags):
+        return [flags[i + 1] for i, flag in enumerate(flags) if flag == "--noise-factor"]
+
+    assert factors(recipe("difformer", False)[0]) == [f"{NOISE_FACTOR:g}"]
+    assert factors(recipe("difformer", False, 8.0)[0]) == ["8"]
+    assert factors(recipe("difformer", True, 2.5)[0]) == ["2.5"], "the smoke flags get one too"
+    changed, i = recipe("difformer", False, 8.0)[0], TRAIN_FLAGS.index("--noise-factor")
+    assert changed[:i + 1] + changed[i + 2:] == TRAIN_FLAGS[:i + 1] + TRAIN_FLAGS[i + 2:], "nothing else moves"
+    assert factors(recipe("mdlm", False)[0]) == [], "the masked recipes carry no Gaussian noise factor"
+
+
 @pytest.mark.slow
 def test_quickstart_smoke(tmp_path):
     proc = run_cli([sys.executable, ROOT / "examples" / "quickstart.py", "--smoke", "--work-dir", tmp_path])

@@ -223,6 +223,18 @@ def test_a_budget_of_zero_is_refused_before_training(script, interval, tmp_path)
     assert proc.stderr.strip().splitlines()[-1].endswith(f"error: argument --budget: must be in {interval}, got 0.0")
 
 
+@pytest.mark.parametrize("flags, error", [
+    (["--model", "mdlm", "--noise-factor", "8"],
+     "error: --noise-factor applies to the continuous model (difformer), not to mdlm; drop it"),
+    (["--noise-factor", "0.5"], "error: argument --noise-factor: must be in [1, inf), got 0.5"),
+])
+def test_quickstart_refuses_a_noise_factor_it_cannot_use(flags, error, tmp_path):
+    proc = run_cli([sys.executable, ROOT / "examples" / "quickstart.py", *flags, "--work-dir", tmp_path],
+                   check=False, timeout=120)
+    assert proc.returncode == 2 and not list(tmp_path.iterdir()), proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1].endswith(error)
+
+
 @pytest.mark.parametrize("device", ["cpu", "gpu"])
 def test_bf16_without_torch_xla_is_not_a_tpu_run(data_bin, tmp_path, device):
     """fairseq 0.12 turns --bf16 into --tpu; without torch_xla difftext undoes that (CPU and GPU)."""
