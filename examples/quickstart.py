@@ -26,7 +26,7 @@ from difftext.options import bounded
 ROOT = Path(__file__).resolve().parents[1]
 # a budget of 0 would let fairseq-train (--stop-time-hours 0: no limit) run without end
 MINUTES = bounded(float, "(0, inf)")
-FACTOR = bounded(float, "[1, inf)")  # the model's own range for --noise-factor
+FACTOR = bounded(float, "[1, inf)")  # the range of the model's noise_factor (models/embedding_diffusion.py)
 BIN = Path(sys.executable).parent
 
 # The configuration that converged fastest on this data on a 2-core CPU (see README, "Quickstart").
