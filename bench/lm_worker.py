@@ -3,13 +3,16 @@
     python bench/lm_worker.py --plan PLAN.json --out RESULTS.json
 
 PLAN: {"data", "checkpoint", "family" (lm_ar | lm_discrete), "validate": [fairseq-validate flags],
-"elbo_samples": [K...], "seeds": [...], "sampling": {"num_samples", "length", "steps", "batch_size"}, "cpu"}.
+"elbo_samples": [K...], "seeds": [...], "sampling": {"num_samples", "length", "steps", "batch_size"}, "cpu",
+"curve": [{"fraction", "train_minutes", "updates", "checkpoint"}: the learning curve, the last model the plan's]}.
 
 Masked-diffusion LMs: ``fairseq-validate --elbo-samples K --seed S`` (the real validator, in this process) for
 every K and seed gives the ELBO bound ``nelbo`` (nats/token) and ``ppl`` = exp(nelbo); the spread over seeds
 at each K shows how many Monte-Carlo time samples the bound needs. The AR transformer LM is exact: one run,
-fairseq's ``loss`` in bits/token and ``ppl`` = 2**loss. Samples/s: ``fairseq_plugins.sample`` (diffusion) or
-fairseq's SequenceGenerator with unrestricted sampling (AR), sequences of ``length`` tokens, timed here.
+fairseq's ``loss`` in bits/token and ``ppl`` = 2**loss. Learning curve: each model of the plan's ``curve`` at the
+largest K and the first seed (the final model's run at them is reused), so that the points compare. Samples/s:
+``fairseq_plugins.sample`` (diffusion) or fairseq's SequenceGenerator with unrestricted sampling (AR), sequences of
+``length`` tokens, timed here.
 Context check (masked-diffusion LMs): the cross-entropy of masked tokens in the first 64 whole validation blocks when
 15%, 50% and all of each block is masked. A model that reads its context predicts a lightly-masked token far
 better than a fully-masked one; equal figures mean it sits at the unigram level.
@@ -21,6 +24,7 @@ import logging
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import USER_DIR, peak_rss_mb, read_json, relative, tool, write_json  # noqa: E402
@@ -42,13 +46,15 @@ class Captured(logging.Handler):
             self.stats = stats
 
 
-def validate(plan, k: int, seed: int):
+def validate(plan, k: int, seed: int, checkpoint: Optional[str] = None):
+    """fairseq-validate of ``checkpoint`` (default: the plan's) with K time samples (masked LMs) and a seed."""
     from fairseq import distributed_utils, options
     from fairseq.dataclass.utils import convert_namespace_to_omegaconf
     from fairseq_cli import validate as fairseq_validate
 
-    argv = [plan["data"], "--user-dir", str(USER_DIR), "--path", plan["checkpoint"], "--valid-subset", "valid",
-            "--seed", str(seed), "--log-format", "json", "--num-workers", "0", *plan["validate"]]
+    argv = [plan["data"], "--user-dir", str(USER_DIR), "--path", checkpoint or plan["checkpoint"],
+            "--valid-subset", "valid", "--seed", str(seed), "--log-format", "json", "--num-workers", "0",
+            *plan["validate"]]
     if plan["family"] == "lm_discrete":
         argv += ["--elbo-samples", str(k)]
     args = options.parse_args_and_arch(options.get_validation_parser(), input_args=argv)
@@ -161,6 +167,21 @@ def sample_ar(plan):
             f"(--sampling --beam 1 --sampling-topk -1 --min-len {drawn} --max-len-b {drawn}, after an eos)"}
 
 
+def learning_curve(plan, k: int, seed: int, final_runs):
+    """Perplexity (bound) at each learning-curve point at K and the seed: the final model's run (already made,
+    ``final_runs``) and the earlier models validated here. -> [{fraction, train_minutes, updates, ppl, ...}]"""
+    points = []
+    for point in plan.get("curve", []):
+        if point["checkpoint"] == plan["checkpoint"]:
+            run = next(r for r in final_runs if r["elbo_samples"] == k and r["seed"] == seed)
+        else:
+            run = validate(plan, k, seed, checkpoint=point["checkpoint"])
+            print(f"lm_worker: curve {point['fraction']:g} ({point['updates']} updates): ppl {run['ppl']:.2f}",
+                  file=sys.stderr)
+        points.append(dict(point, ppl=run["ppl"], elbo_samples=k, seed=seed, command=run["command"]))
+    return points
+
+
 def _sync(torch):
     if torch.cuda.is_available():
         torch.cuda.synchronize()
@@ -184,6 +205,7 @@ def main(argv=None):
             result["validate"].append(validate(plan, k, seed))
             print(f"lm_worker: K={k} seed={seed}: ppl {result['validate'][-1]['ppl']:.2f}", file=sys.stderr)
     result["peak_rss_validate_mb"] = peak_rss_mb()
+    result["curve"] = learning_curve(plan, ks[-1], seeds[0], result["validate"])
     if plan["family"] == "lm_discrete":
         result["context"] = context_check(plan)
         print(f"lm_worker: context check {result['context']}", file=sys.stderr)

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from bench.common import (BENCH, USER_DIR, BenchError, config_hash, git_commit, machine, now, read_json,
+from bench.common import (BENCH, ROOT, USER_DIR, BenchError, config_hash, git_commit, machine, now, read_json,
                           reference_lines, relative, run_logged, tool, write_json)
 from bench.data import distilled
 from bench.models import OPTIMISER, DecodeConfig, Spec, decode_configs
@@ -99,21 +99,48 @@ def same_key(a: Optional[Dict], b: Dict) -> bool:
     return bool(a) and {k: v for k, v in a.items() if k != "commit"} == {k: v for k, v in b.items() if k != "commit"}
 
 
+def same_command(a: str, b: str) -> bool:
+    """Whether two recorded command lines are the same, up to how their paths are written: a path relative to the
+    repository root and its absolute form, or a path through a symbolic link and its target, are one path."""
+    import shlex
+
+    def norm(token: str) -> str:
+        path = Path(token) if Path(token).is_absolute() else ROOT / token
+        try:
+            return str(path.resolve()) if token and ("/" in token or path.exists()) else token
+        except OSError:  # not a name a file can have
+            return token
+
+    try:
+        return [norm(t) for t in shlex.split(a)] == [norm(t) for t in shlex.split(b)]
+    except ValueError:  # not one command line
+        return a == b
+
+
 def train(spec: Spec, s: Settings, key: Dict, force: bool = False, extra: List[str] = (), tag: str = "",
-          data: Optional[Path] = None) -> Dict:
+          data: Optional[Path] = None, keep_finished: bool = False) -> Dict:
     """Train from scratch (the save dir is emptied: a budget is never resumed); -> the worker's stats.
 
     A finished training with the same key is reused (a run that failed while decoding resumes there).
+    keep_finished (``--reevaluate``): a finished training that does not match is an error, not emptied: the user
+    asked to evaluate again, not to spend a budget again.
     """
     name = spec.name + tag
     save_dir = s.work / "checkpoints" / name
     fairseq_args = train_command(spec, s, save_dir, data) + list(extra)
     stats_file = s.work / "stats" / f"{name}.train.json"
     done = read_json(stats_file)
-    if done and not force and same_key(done.get("key"), key) and done.get("command") == relative(
-            [tool("fairseq-train"), *fairseq_args]) and (save_dir / "checkpoint_last.pt").is_file():
+    command = relative([tool("fairseq-train"), *fairseq_args])
+    finished = bool(done) and (save_dir / "checkpoint_last.pt").is_file()
+    matches = finished and same_key(done.get("key"), key) and same_command(done.get("command") or "", command)
+    if matches and not force:
         print(f"bench: {name}: reusing its finished training ({stats_file})", flush=True)
         return done
+    if finished and keep_finished and not force:
+        what = "configuration or budget" if not same_key(done.get("key"), key) else "command line"
+        raise BenchError(f"{name}: --reevaluate found a finished training in {save_dir} made with another {what} "
+                         f"({stats_file} has the command); it would be deleted to train again: rerun --reevaluate "
+                         "with the flags it was made with, or drop --reevaluate to retrain")
     print(f"bench: {name}: training" + (f" for {key['budget_minutes']:g} min" if key.get("budget_minutes") else ""),
           flush=True)
     shutil.rmtree(save_dir, ignore_errors=True)
@@ -197,7 +224,8 @@ def lm_eval(spec: Spec, s: Settings, stats: Dict) -> Dict:
     checkpoint = curve[-1]["checkpoint"] if curve else str(Path(stats["save_dir"]) / "checkpoint_last.pt")
     plan = {"data": str(s.lm_data), "checkpoint": checkpoint, "family": spec.family, "cpu": s.cpu,
             "validate": [*spec.task, "--max-tokens", str(4 * s.max_tokens)] + (["--cpu"] if s.cpu else []),
-            "elbo_samples": s.elbo_samples, "seeds": list(range(1, s.elbo_seeds + 1)), "sampling": s.lm_sampling}
+            "elbo_samples": s.elbo_samples, "seeds": list(range(1, s.elbo_seeds + 1)), "sampling": s.lm_sampling,
+            "curve": [{k: p[k] for k in ("fraction", "train_minutes", "updates", "checkpoint")} for p in curve]}
     plan_file, out_file = s.work / "stats" / f"{spec.name}.lm-plan.json", s.work / "stats" / f"{spec.name}.lm.json"
     write_json(plan_file, plan)
     cmd = [sys.executable, BENCH / "lm_worker.py", "--plan", plan_file, "--out", out_file]
@@ -324,7 +352,7 @@ def run_model(spec: Spec, s: Settings, force: bool = False, reevaluate: bool = F
               "self_conditioning": spec.self_conditioning}
     if teacher:
         result["teacher"] = teacher
-    result["train"] = train(spec, s, train_key, force, data=data)
+    result["train"] = train(spec, s, train_key, force, data=data, keep_finished=reevaluate)
     if not spec.cost_only:
         print(f"bench: {spec.name}: {'evaluating' if spec.lm else 'decoding'}", flush=True)
         result["lm" if spec.lm else "decode"] = (lm_eval(spec, s, result["train"]) if spec.lm

@@ -92,3 +92,17 @@ def lm_bound(rows: Dict[str, List[Dict]], reference: float, out: Path) -> Path:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return _save(fig, out)
+
+
+def lm_curves(curves: Dict[str, List[Dict]], out: Path) -> Path:
+    """Validation perplexity (exact, or the masked LMs' bound) against training minutes, one line per LM."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    for label, pts in curves.items():
+        ax.plot([p["train_minutes"] for p in pts], [p["ppl"] for p in pts], marker="o", label=label)
+    ax.set_yscale("log")
+    ax.set(xlabel="training minutes", ylabel="validation perplexity (masked LMs: bound)",
+           title="Brown: language models' learning curves at an equal budget")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    return _save(fig, out)

@@ -321,7 +321,31 @@ class Report:
                         "samples/s"], rows)
         lines += ["", "Spread of the bound over the number of Monte-Carlo time samples K (over seeds):", ""]
         lines += table(["model", "K", "seeds", "mean ppl", "std", "min", "max"], spread_rows)
-        return lines, curves, ar_ppl
+        return lines + self.lm_curve(lms, ar), curves, ar_ppl
+
+    @staticmethod
+    def lm_curve(lms: Dict[str, Dict], ar: Optional[Dict]) -> List[str]:
+        """The LMs' learning curve: perplexity (bound) at each fraction of the budget, and the masked LMs' ratio to
+        the AR LM at the same fraction."""
+        curves = {n: r["lm"]["curve"] for n, r in lms.items() if len(r["lm"].get("curve") or []) > 1}
+        if not curves:
+            return []
+        fractions = sorted({p["fraction"] for c in curves.values() for p in c})
+        ar_at = {p["fraction"]: p["ppl"] for p in (curves.get(ar["model"]) or [])} if ar else {}
+        rows = []
+        for name, curve in curves.items():
+            at = {p["fraction"]: p for p in curve}
+            rows.append([lms[name]["label"]] + [f"{at[f]['ppl']:.2f} ({at[f]['updates']} upd)" if f in at else "–"
+                                                for f in fractions])
+            if lms[name]["family"] == "lm_discrete" and ar_at:
+                rows.append([f"{lms[name]['label']} / AR LM"] + [fmt(ratio(at[f]["ppl"], ar_at.get(f)))
+                                                                 if f in at else "–" for f in fractions])
+        k = {p["elbo_samples"] for n, c in curves.items() if lms[n]["family"] == "lm_discrete" for p in c}
+        return ["", "Learning curve: validation perplexity at fractions of the budget (each point the average of "
+                "the last interval checkpoints up to it; exact for the AR LM, the bound at "
+                f"K={', '.join(map(str, sorted(k))) or '–'} and the first seed for masked diffusion), and the "
+                "masked LMs' ratio to the AR LM at the same point. Figure: [lm_curve.png](results/lm_curve.png).",
+                ""] + table(["model"] + [f"{f:g} budget" for f in fractions], rows)
 
     # --- 6. memory ----------------------------------------------------------------------------------------------
     def memory(self) -> List[str]:
@@ -457,6 +481,10 @@ def write(results: Dict[str, Dict], gpu: Optional[Dict], command: str, out_md: P
                     plots.learning_curves(rep.decoded, fig_dir / "learning_curves.png")]
     if curves:
         figures.append(plots.lm_bound(curves, ar_ppl, fig_dir / "lm_bound.png"))
+    lm_curves = {r["label"]: r["lm"]["curve"] for r in results.values()
+                 if len((r.get("lm") or {}).get("curve") or []) > 1}
+    if lm_curves:
+        figures.append(plots.lm_curves(lm_curves, fig_dir / "lm_curve.png"))
     links = ", ".join(f"[{p.name}]({p.relative_to(out_md.parent)})" for p in figures)
     notes = fig_dir / "notes.md"  # hand-written context of a run (conditions, budget, what limits it), kept as is
     extra = [notes.read_text(encoding="utf-8").rstrip(), ""] if notes.is_file() else []

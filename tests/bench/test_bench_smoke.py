@@ -64,6 +64,10 @@ def test_smoke_suite_end_to_end(tmp_path):
             v = r["lm"]["validate"]
             assert v and all(number(x["ppl"]) and x["ppl"] > 1 for x in v)
             assert number(r["lm"]["sampling"].get("samples_per_s")), r["lm"]["sampling"]
+            curve = r["lm"]["curve"]  # every curve point validated; the last is the final model's first run
+            assert [p["fraction"] for p in curve] == [0.9, 1.0] and all(number(p["ppl"]) and p["ppl"] > 1
+                                                                         for p in curve)
+            assert curve[-1]["ppl"] == v[-1]["ppl"]  # the largest K's run (smoke: one seed)
             if r["family"] == "lm_discrete":  # the context check: CE of a masked token at 15/50/100% masked
                 c = r["lm"]["context"]
                 assert c["blocks"] > 0 and all(number(c[f"ce_nats_{p}pct_masked"]) and c[f"ce_nats_{p}pct_masked"] > 0
@@ -87,7 +91,7 @@ def test_smoke_suite_end_to_end(tmp_path):
         assert f"| {results[name]['label']} |" in md
     assert "| 1 training cost | Difformer: <= 1.20x AR" in md and "| 5 language model | MDLM LM" in md
     assert "CE 15% / 100% masked" in md
-    for png in ("training_cost", "speed_quality", "learning_curves", "lm_bound"):
+    for png in ("training_cost", "speed_quality", "learning_curves", "lm_bound", "lm_curve"):
         data = (out / "results" / f"{png}.png").read_bytes()
         assert data.startswith(PNG) and len(data) > 5000, png
 
@@ -393,3 +397,79 @@ def test_distilled_model_without_its_teacher_run(tmp_path, capsys):
     assert "its teacher's run is not in this work directory" in capsys.readouterr().out
     with pytest.raises(BenchError, match="run --models ar first"):
         run_model(spec, s, reevaluate=True)  # decoding again needs the training, hence the teacher's data
+
+
+def _lm_result(name, ppls, updates):
+    """The 45-minute suite's result of an LM with a learning curve at 1/4, 1/2, 1 of the budget put in (the last
+    point is the final model's, as its first validation run)."""
+    r = json.loads((ROOT / "bench" / "budget45" / "results" / f"{name}.json").read_text())
+    r["lm"]["curve"] = [{"fraction": f, "train_minutes": 45 * f, "updates": u, "ppl": p, "elbo_samples": 4, "seed": 1}
+                        for f, p, u in zip((0.25, 0.5, 1.0), ppls, updates)]
+    r["lm"]["validate"] = [dict(r["lm"]["validate"][0], ppl=ppls[-1], elbo_samples=4, seed=1)]
+    return r
+
+
+def test_report_shows_the_language_models_learning_curve_and_ratio_at_each_point(tmp_path):
+    """Section 5 gains the LMs' perplexity at each curve point and the masked LM's ratio to the AR LM at the same
+    point (an AR LM that overfits late shows as a falling ratio), and a figure of the curves."""
+    from bench import report
+
+    results = {"transformer_lm": _lm_result("transformer_lm", (200.0, 120.0, 150.0), (2000, 4000, 8000)),
+               "mdlm_lm": _lm_result("mdlm_lm", (500.0, 240.0, 180.0), (2100, 4200, 8400))}
+    out = tmp_path / "RESULTS.md"
+    written = report.write(results, None, "cmd", out, tmp_path / "results")
+    md = out.read_text()
+    assert "| model | 0.25 budget | 0.5 budget | 1 budget |" in md
+    assert "| AR transformer LM | 200.00 (2000 upd) | 120.00 (4000 upd) | 150.00 (8000 upd) |" in md
+    assert "| MDLM LM / AR LM | 2.50 | 2.00 | 1.20 |" in md
+    assert "the bound at K=4 and the first seed" in md
+    assert "| 5 language model | MDLM LM: ppl bound <= 1.3x AR LM | 1.20x | met |" in md  # the final point's
+    png = tmp_path / "results" / "lm_curve.png"
+    assert png in written and png.read_bytes().startswith(PNG)
+    # results without a curve (an older run's) give no curve table and no figure
+    for r in results.values():
+        r["lm"].pop("curve")
+    report.write(results, None, "cmd", out, tmp_path / "older")
+    assert "budget |" not in out.read_text() and not (tmp_path / "older" / "lm_curve.png").exists()
+
+
+def test_same_command_reads_a_path_in_any_of_its_forms(tmp_path):
+    """Recorded commands compare up to how a path is written: through a symbolic link or as its target, relative to
+    the repository root or absolute. Another flag value or another path is another command."""
+    from bench.pipeline import same_command
+
+    (tmp_path / "work").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "work")
+    a = f"fairseq-train {tmp_path}/work --lr 1e-3 --user-dir fairseq_plugins"
+    assert same_command(a, f"fairseq-train {tmp_path}/link --lr 1e-3 --user-dir {ROOT}/fairseq_plugins")
+    assert not same_command(a, f"fairseq-train {tmp_path}/work --lr 2e-3 --user-dir fairseq_plugins")
+    assert not same_command(a, f"fairseq-train {tmp_path} --lr 1e-3 --user-dir fairseq_plugins")
+
+
+def test_reevaluate_never_deletes_a_finished_training_it_does_not_match(tmp_path):
+    """--reevaluate reuses a finished training whose command differs only in how its paths are written (it was
+    made through a symlinked work directory), and stops with a one-line error, deleting nothing, where the finished
+    training was made with another configuration. Without --reevaluate such a training is replaced (not run here)."""
+    from bench.common import BenchError, relative, tool
+    from bench.pipeline import train, train_command
+    from bench.run import build_parser, settings_from
+
+    args = build_parser().parse_args(["--smoke", "--out", str(tmp_path)])
+    s = settings_from(args, tmp_path / "results", tmp_path / "work", tmp_path / "work" / "data" / "multi30k",
+                      tmp_path / "work" / "data" / "brown")
+    spec = specs("tiny")["mdlm_lm"]
+    save_dir = s.work / "checkpoints" / spec.name
+    save_dir.mkdir(parents=True)
+    (save_dir / "checkpoint_last.pt").write_bytes(b"finished")
+    (tmp_path / "link").symlink_to(s.work)
+    command = relative([tool("fairseq-train"), *train_command(spec, s, save_dir)])
+    key = s.train_key(spec)
+    stats = {"key": key, "command": command.replace(str(s.work), str(tmp_path / "link")), "updates": 9}
+    (s.work / "stats").mkdir()
+    (s.work / "stats" / f"{spec.name}.train.json").write_text(json.dumps(stats))
+    assert stats["command"] != command and train(spec, s, key, keep_finished=True) == stats
+    other = dict(key, config="another")
+    with pytest.raises(BenchError, match=r"--reevaluate found a finished training .* made with another "
+                                         r"configuration or budget"):
+        train(spec, s, other, keep_finished=True)
+    assert (save_dir / "checkpoint_last.pt").read_bytes() == b"finished"
