@@ -50,7 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="rerun models even when a cached result matches")
     p.add_argument("--reevaluate", action="store_true",
                    help="decode (or evaluate the LM) again on each model's finished training, e.g. after a change "
-                        "to decoding; trains only where no finished training matches")
+                        "to decoding; trains only a model without a finished training (one made with another "
+                        "configuration is an error, never deleted)")
     p.add_argument("--report-only", action="store_true", help="only rewrite RESULTS.md and the plots")
     p.add_argument("--full-test", action="store_true", help="decode the whole test set with each decoded model's "
                    "default setting (final checkpoint) for section 2, when the grid used --grid-shards")
