@@ -56,6 +56,11 @@ def quality_entry(r: Optional[Dict]) -> Optional[Dict]:
     return g
 
 
+def lm_curves(results: Dict[str, Dict]) -> Dict[str, List[Dict]]:
+    """The LM learning curves of ``results`` (model -> its points) that have more than their final point."""
+    return {n: r["lm"]["curve"] for n, r in results.items() if len((r.get("lm") or {}).get("curve") or []) > 1}
+
+
 def ratio(a, b) -> Optional[float]:
     return a / b if a is not None and b else None
 
@@ -327,7 +332,7 @@ class Report:
     def lm_curve(lms: Dict[str, Dict], ar: Optional[Dict]) -> List[str]:
         """The LMs' learning curve: perplexity (bound) at each fraction of the budget, and the masked LMs' ratio to
         the AR LM at the same fraction."""
-        curves = {n: r["lm"]["curve"] for n, r in lms.items() if len(r["lm"].get("curve") or []) > 1}
+        curves = lm_curves(lms)
         if not curves:
             return []
         fractions = sorted({p["fraction"] for c in curves.values() for p in c})
@@ -481,10 +486,9 @@ def write(results: Dict[str, Dict], gpu: Optional[Dict], command: str, out_md: P
                     plots.learning_curves(rep.decoded, fig_dir / "learning_curves.png")]
     if curves:
         figures.append(plots.lm_bound(curves, ar_ppl, fig_dir / "lm_bound.png"))
-    lm_curves = {r["label"]: r["lm"]["curve"] for r in results.values()
-                 if len((r.get("lm") or {}).get("curve") or []) > 1}
-    if lm_curves:
-        figures.append(plots.lm_curves(lm_curves, fig_dir / "lm_curve.png"))
+    by_label = {results[n]["label"]: c for n, c in lm_curves(results).items()}
+    if by_label:
+        figures.append(plots.lm_curves(by_label, fig_dir / "lm_curve.png"))
     links = ", ".join(f"[{p.name}]({p.relative_to(out_md.parent)})" for p in figures)
     notes = fig_dir / "notes.md"  # hand-written context of a run (conditions, budget, what limits it), kept as is
     extra = [notes.read_text(encoding="utf-8").rstrip(), ""] if notes.is_file() else []
