@@ -473,8 +473,10 @@ def write(results: Dict[str, Dict], gpu: Optional[Dict], command: str, out_md: P
           cost: Optional[Dict] = None) -> List[Path]:
     """RESULTS.md and the figures; -> the files written. ``cost``: the entries of a ``--cost-only`` pass."""
     rep = Report(results, gpu, command, cost)
-    cost_lines, bars = rep.cost()
-    body = cost_lines + [""] + rep.quality() + [""] + rep.speed() + rep.efficiency() + [""]
+    body, bars = [], []
+    if rep.mt or cost:  # a run of language models alone has no translation sections, nor their targets
+        cost_lines, bars = rep.cost()
+        body = cost_lines + [""] + rep.quality() + [""] + rep.speed() + rep.efficiency() + [""]
     lm_lines, curves, ar_ppl = rep.lm()
     body += lm_lines + [""] + rep.memory() + [""] + rep.gpu_section() + [""]
     fig_dir.mkdir(parents=True, exist_ok=True)

@@ -424,6 +424,9 @@ def test_report_shows_the_language_models_learning_curve_and_ratio_at_each_point
     assert "| MDLM LM / AR LM | 2.50 | 2.00 | 1.20 |" in md
     assert "the bound at K=4 and the first seed" in md
     assert "| 5 language model | MDLM LM: ppl bound <= 1.3x AR LM | 1.20x | met |" in md  # the final point's
+    # language models alone: no translation sections, and none of their targets shown as "not measured"
+    assert "## 1. Training cost" not in md and "## 3. Decoding speed" not in md and "3 decoding speed" not in md
+    assert "## 5. Language modelling" in md and "## 6. Memory" in md
     png = tmp_path / "results" / "lm_curve.png"
     assert png in written and png.read_bytes().startswith(PNG)
     # results without a curve (an older run's) give no curve table and no figure
