@@ -8,6 +8,7 @@ that only touches the report or the docs does not retrain the suite): a rerun sk
 suite can be filled one model at a time.
 """
 import math
+import shlex
 import shutil
 import sys
 import threading
@@ -102,8 +103,6 @@ def same_key(a: Optional[Dict], b: Dict) -> bool:
 def same_command(a: str, b: str) -> bool:
     """Whether two recorded command lines are the same, up to how their paths are written: a path relative to the
     repository root and its absolute form, or a path through a symbolic link and its target, are one path."""
-    import shlex
-
     def norm(token: str) -> str:
         path = Path(token) if Path(token).is_absolute() else ROOT / token
         try:
@@ -132,12 +131,12 @@ def train(spec: Spec, s: Settings, key: Dict, force: bool = False, extra: List[s
     done = read_json(stats_file)
     command = relative([tool("fairseq-train"), *fairseq_args])
     finished = bool(done) and (save_dir / "checkpoint_last.pt").is_file()
-    matches = finished and same_key(done.get("key"), key) and same_command(done.get("command") or "", command)
-    if matches and not force:
+    same_config = finished and same_key(done.get("key"), key)
+    if same_config and same_command(done.get("command") or "", command) and not force:
         print(f"bench: {name}: reusing its finished training ({stats_file})", flush=True)
         return done
     if finished and keep_finished and not force:
-        what = "configuration or budget" if not same_key(done.get("key"), key) else "command line"
+        what = "command line" if same_config else "configuration or budget"
         raise BenchError(f"{name}: --reevaluate found a finished training in {save_dir} made with another {what} "
                          f"({stats_file} has the command); it would be deleted to train again: rerun --reevaluate "
                          "with the flags it was made with, or drop --reevaluate to retrain")
