@@ -11,6 +11,7 @@ to the next step with a DDIM (deterministic) or DDPM (ancestral) update. After t
 """
 from __future__ import annotations
 
+import time
 from typing import Callable, Optional
 
 import torch
@@ -79,8 +80,9 @@ class NearestEmbedding:
     The other points are searched in full and their cache renewed. The result is the full search's (up to ties
     within float rounding: a margin of 1e-4 of the score scale guards the test).
 
-    On a CPU a full search first screens the table with an int8 product (exact in int32, 4x cheaper than the
-    float32 one here) and scores only its ``SCREEN`` best rows in float32; a bound on the int8 rounding error
+    On a CPU whose int8 matmul is fast (the benchmark's Xeon: 4x cheaper than the float32 product; not an AVX2-only
+    CPU, :meth:`_Int8Table.fast`) a full search first screens the table with an int8 product (exact in int32) and
+    scores only its ``SCREEN`` best rows in float32; a bound on the int8 rounding error
     proves the best of them nearest, or sends the point on to the float32 product (:meth:`_screen`). On the
     45-minute Difformer every point was settled by the screen. A point whose kept rows failed the bound is first
     rechecked against the same product: its best kept row is the nearest when it beats every row it does not keep
@@ -276,13 +278,14 @@ class NearestEmbedding:
         return self.MARGIN * self.radius * (self.radius + 2 * z_norm)
 
     def _screen_ready(self, z):
-        """Whether the int8 screen applies: a table of V >= 1024 rows on a CPU with torch's int8 matmul, whose
-        squared row norms lie within 1% of the largest (layer-normed embeddings, as Difformer's): the screen ranks
-        rows by their products alone, and its bound pays the spread of ||e_v||^2 (DiffuSeq's free embeddings
-        left 67% of its points to the float32 product)."""
+        """Whether the int8 screen applies: a table of V >= 1024 rows on a CPU with torch's int8 matmul, where that
+        matmul is fast (:meth:`_Int8Table.fast`), whose squared row norms lie within 1% of the largest (layer-normed
+        embeddings, as Difformer's): the screen ranks rows by their products alone, and its bound pays the spread of
+        ||e_v||^2 (DiffuSeq's free embeddings left 67% of its points to the float32 product)."""
         if self.int8 is None:
             self.int8 = (z.is_cpu and self.table.is_cpu and self.table.size(0) >= 1024 and self.equal_norms
-                         and hasattr(torch, "_int_mm") and _Int8Table.works(self.table))
+                         and hasattr(torch, "_int_mm") and _Int8Table.works(self.table)
+                         and _Int8Table.fast(self.table.size(1)))
             if self.int8:
                 self.int8 = _Int8Table(self.table)
         return bool(self.int8)
@@ -360,6 +363,26 @@ class _Int8Table:
         self.residual = float(torch.add(table, rows, alpha=-self.scale).norm(dim=-1).max())  # max_v ||r_v||
         self.rows_t = rows.to(torch.int8).t()  # (D, V), the layout torch's CPU int8 matmul is fastest with
 
+    FASTER = 2.0  # the screen runs where the int8 product takes at most 1/FASTER of the float32 product's time
+    _fast = {}  # width D -> whether it does, measured once per process
+
+    @classmethod
+    def fast(cls, dim: int, rows: int = 128, cols: int = 1024) -> bool:
+        """Whether torch's int8 matmul of (rows, dim) by (dim, cols) beats the float32 one by :attr:`FASTER` here
+        (best of 3 each, once per process and width; a first int8 call over 10x the float32 time ends it early).
+        Its CPU kernel is fast only where oneDNN has int8 instructions (AVX-512 VNNI, AMX): on the benchmark's
+        2-core Xeon it took a quarter of the float32 product's time; on a 2-core AMD EPYC with AVX2 alone, 25x its
+        time (1252 x 128 by 128 x 8000: 2.78 s against 0.12 s), which made the screen the decoder's largest cost."""
+        if dim not in cls._fast:
+            q, table_q = torch.ones(rows, dim, dtype=torch.int8), torch.ones(cols, dim, dtype=torch.int8).t()
+            z, table = torch.ones(rows, dim), torch.ones(cols, dim)
+            float32 = _best_seconds(lambda: torch.mm(z, table.t()))
+            start = time.perf_counter()
+            torch._int_mm(q, table_q)
+            slow = time.perf_counter() - start > 10 * float32
+            cls._fast[dim] = not slow and _best_seconds(lambda: torch._int_mm(q, table_q)) * cls.FASTER <= float32
+        return cls._fast[dim]
+
     @staticmethod
     def works(table):
         """torch's int8 matmul runs here (it is a private op; a build without it falls back to float32)."""
@@ -368,6 +391,17 @@ class _Int8Table:
                                  torch.ones(table.size(1), 32, dtype=torch.int8)).eq(table.size(1)).all().item()
         except (RuntimeError, NotImplementedError):
             return False
+
+
+def _best_seconds(fn, repeats: int = 3) -> float:
+    """The shortest wall time of ``repeats`` calls of fn, after one call to warm it up."""
+    fn()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
 
 
 def take(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:

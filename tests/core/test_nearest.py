@@ -1,8 +1,18 @@
 """The clamp's nearest-row search: exact against brute force, and pruned between close steps."""
+import time
+
 import pytest
 import torch
 
-from difftext.samplers.continuous import NearestEmbedding, nearest_embedding, row_top
+from difftext.samplers.continuous import NearestEmbedding, _Int8Table, nearest_embedding, row_top
+
+MEASURED_FAST = _Int8Table.fast  # whether the int8 matmul is fast on this CPU, as the decoder measures it
+
+
+@pytest.fixture(autouse=True)
+def int8_screen_everywhere(monkeypatch):
+    """The screen's maths is tested on every CPU, whether or not its int8 matmul is fast enough to be used."""
+    monkeypatch.setattr(_Int8Table, "fast", classmethod(lambda cls, dim: True))
 
 
 def brute(z, table):
@@ -162,6 +172,30 @@ def test_without_torch_int8_matmul_the_search_is_float32(monkeypatch):
     z = table[:100] + 0.3 * torch.randn(100, 32, generator=torch.Generator().manual_seed(10))
     search = NearestEmbedding(table, 4)
     assert torch.equal(search(z), brute(z, table)) and search.int8 is False and search.full_searches == 100
+
+
+def test_the_screen_runs_only_where_the_int8_matmul_is_fast(monkeypatch):
+    """Where torch's int8 matmul is slower than FASTER times under the float32 one (AVX2-only CPUs: 25x slower),
+    the search skips the screen; the result is exact either way. Slowed here by a sleep in one product or the other."""
+    monkeypatch.setattr(_Int8Table, "fast", MEASURED_FAST)
+    int_mm, mm = torch._int_mm, torch.mm
+    table = torch.nn.functional.layer_norm(torch.randn(2048, 32, generator=torch.Generator().manual_seed(9)), (32,))
+    z = table[:100] + 0.3 * torch.randn(100, 32, generator=torch.Generator().manual_seed(10))
+
+    def slowed(op, seconds):
+        def run(*args):
+            time.sleep(seconds)
+            return op(*args)
+        return run
+
+    # 0.05 s: more than twice an int8 product of 128 x 32 by 32 x 1024 on an AVX2-only CPU (~4 ms)
+    for slow_op, screened in (("_int_mm", False), ("mm", True)):
+        monkeypatch.setattr(_Int8Table, "_fast", {})  # measured again
+        monkeypatch.setattr(torch, "_int_mm", slowed(int_mm, 0.005) if slow_op == "_int_mm" else int_mm)
+        monkeypatch.setattr(torch, "mm", slowed(mm, 0.05) if slow_op == "mm" else mm)
+        search = NearestEmbedding(table, 4)
+        assert _Int8Table.fast(32) is screened and _Int8Table._fast == {32: screened}
+        assert torch.equal(search(z), brute(z, table)) and bool(search.int8) is screened
 
 
 def test_new_points_are_searched_in_full():
