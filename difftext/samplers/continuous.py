@@ -80,10 +80,10 @@ class NearestEmbedding:
     The other points are searched in full and their cache renewed. The result is the full search's (up to ties
     within float rounding: a margin of 1e-4 of the score scale guards the test).
 
-    On a CPU whose int8 matmul is fast (the benchmark's Xeon: 4x cheaper than the float32 product; not an AVX2-only
-    CPU, :meth:`_Int8Table.fast`) a full search first screens the table with an int8 product (exact in int32) and
-    scores only its ``SCREEN`` best rows in float32; a bound on the int8 rounding error
-    proves the best of them nearest, or sends the point on to the float32 product (:meth:`_screen`). On the
+    On a CPU whose int8 matmul is fast (the benchmark's Xeon: 4x cheaper than the float32 product; not an AMD EPYC
+    with AVX2 alone: :meth:`_Int8Table.fast`) a full search first screens the table with an int8 product (exact in
+    int32) and scores only its ``SCREEN`` best rows in float32; a bound on the int8 rounding error proves the best
+    of them nearest, or sends the point on to the float32 product (:meth:`_screen`). On the
     45-minute Difformer every point was settled by the screen. A point whose kept rows failed the bound is first
     rechecked against the same product: its best kept row is the nearest when it beats every row it does not keep
     (one row maximum, no ranking); on the self-conditioned Difformer 98% of the rechecks settled.
@@ -370,9 +370,9 @@ class _Int8Table:
     def fast(cls, dim: int, rows: int = 128, cols: int = 1024) -> bool:
         """Whether torch's int8 matmul of (rows, dim) by (dim, cols) beats the float32 one by :attr:`FASTER` here
         (best of 3 each, once per process and width; a first int8 call over 10x the float32 time ends it early).
-        Its CPU kernel is fast only where oneDNN has int8 instructions (AVX-512 VNNI, AMX): on the benchmark's
-        2-core Xeon it took a quarter of the float32 product's time; on a 2-core AMD EPYC with AVX2 alone, 25x its
-        time (1252 x 128 by 128 x 8000: 2.78 s against 0.12 s), which made the screen the decoder's largest cost."""
+        Its CPU kernel's speed depends on the instruction set: on the benchmark's 2-core Xeon it took a quarter of
+        the float32 product's time; on a 2-core AMD EPYC whose torch reports AVX2 as its best, 19-26x that time
+        (1252 x 128 by 128 x 8000: 2.78 s against 0.12 s), which made the screen the decoder's largest cost."""
         if dim not in cls._fast:
             q, table_q = torch.ones(rows, dim, dtype=torch.int8), torch.ones(cols, dim, dtype=torch.int8).t()
             z, table = torch.ones(rows, dim), torch.ones(cols, dim)

@@ -175,7 +175,7 @@ def test_without_torch_int8_matmul_the_search_is_float32(monkeypatch):
 
 
 def test_the_screen_runs_only_where_the_int8_matmul_is_fast(monkeypatch):
-    """Where torch's int8 matmul is slower than FASTER times under the float32 one (AVX2-only CPUs: 25x slower),
+    """Where torch's int8 matmul is slower than FASTER times under the float32 one (an AVX2 AMD EPYC: ~20x slower),
     the search skips the screen; the result is exact either way. Slowed here by a sleep in one product or the other."""
     monkeypatch.setattr(_Int8Table, "fast", MEASURED_FAST)
     int_mm, mm = torch._int_mm, torch.mm
@@ -188,7 +188,7 @@ def test_the_screen_runs_only_where_the_int8_matmul_is_fast(monkeypatch):
             return op(*args)
         return run
 
-    # 0.05 s: more than twice an int8 product of 128 x 32 by 32 x 1024 on an AVX2-only CPU (~4 ms)
+    # 0.05 s: more than twice an int8 product of 128 x 32 by 32 x 1024 on that EPYC (~4 ms)
     for slow_op, screened in (("_int_mm", False), ("mm", True)):
         monkeypatch.setattr(_Int8Table, "_fast", {})  # measured again
         monkeypatch.setattr(torch, "_int_mm", slowed(int_mm, 0.005) if slow_op == "_int_mm" else int_mm)
