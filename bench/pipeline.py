@@ -208,7 +208,7 @@ def decode(spec: Spec, s: Settings, stats: Dict, fresh: bool = False) -> Dict:
         curve.append(dict({k: p[k] for k in ("fraction", "train_minutes", "updates", "averaged")},
                           sacrebleu=j["sacrebleu"]))
     memory, profile = jobs["memory_b128"], jobs["profile_b128"]
-    return {"default": plan["default"], "grid": grid, "curve": curve,
+    return {"default": plan["default"], "grid": grid, "curve": curve, "commit": plan["code"], "date": now(),
             "signature": memory["signature"], "worker_command": relative(cmd), "process": proc,
             "memory": {"config": plan["default"], "peak_rss_mb": memory["peak_rss_mb"],
                        "baseline_rss_mb": read_json(out_file).get("baseline_rss_mb"),
@@ -229,7 +229,7 @@ def lm_eval(spec: Spec, s: Settings, stats: Dict) -> Dict:
     write_json(plan_file, plan)
     cmd = [sys.executable, BENCH / "lm_worker.py", "--plan", plan_file, "--out", out_file]
     proc = run_logged(cmd, s.work / "logs" / f"{spec.name}.lm.log", threads=s.threads, quiet=s.quiet)
-    return dict(read_json(out_file), worker_command=relative(cmd), process=proc,
+    return dict(read_json(out_file), worker_command=relative(cmd), process=proc, commit=git_commit(), date=now(),
                 averaged=curve[-1]["averaged"] if curve else ["checkpoint_last.pt"])
 
 

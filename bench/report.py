@@ -457,9 +457,12 @@ class Report:
         lines = ["## Commands", ""]
         for r in self.r.values():
             t = r["train"]
-            lines += [f"**{r['label']}** (`{r['model']}`, {r['date']}, commit {r['key']['commit'][:12]})", "",
-                      "```", t["command"], t["worker_command"]]
             sub = r.get("decode") or r.get("lm") or {}
+            # the evaluation's own commit, where it differs from the training's (e.g. after --reevaluate)
+            later = (f"; evaluated {sub.get('date')} at commit {sub['commit'][:12]}"
+                     if sub.get("commit") and sub["commit"] != r["key"]["commit"] else "")
+            lines += [f"**{r['label']}** (`{r['model']}`, {r['date']}, commit {r['key']['commit'][:12]}{later})", "",
+                      "```", t["command"], t["worker_command"]]
             if sub.get("worker_command"):
                 lines.append(sub["worker_command"])
             grid = (r.get("decode") or {}).get("grid") or []

@@ -48,6 +48,7 @@ def check_decode(d):
     assert number(d["memory"]["peak_rss_mb"]) and d["memory"]["peak_rss_mb"] > 50
     p = d["profile"]
     assert number(p["outside_forward_share"], 0, 1) and number(p["forward_s"]) and p["forward_calls"] > 0
+    assert d["commit"] and d["date"]  # the decoding's own, which --reevaluate makes later than the training's
 
 
 @pytest.mark.slow
@@ -64,6 +65,7 @@ def test_smoke_suite_end_to_end(tmp_path):
             v = r["lm"]["validate"]
             assert v and all(number(x["ppl"]) and x["ppl"] > 1 for x in v)
             assert number(r["lm"]["sampling"].get("samples_per_s")), r["lm"]["sampling"]
+            assert r["lm"]["commit"] == r["key"]["commit"] and r["lm"]["date"]
             curve = r["lm"]["curve"]  # every curve point validated; the last is the final model's first run
             assert [p["fraction"] for p in curve] == [0.9, 1.0] and all(number(p["ppl"]) and p["ppl"] > 1
                                                                          for p in curve)
@@ -434,6 +436,24 @@ def test_report_shows_the_language_models_learning_curve_and_ratio_at_each_point
         r["lm"].pop("curve")
     report.write(results, None, "cmd", out, tmp_path / "older")
     assert "budget |" not in out.read_text() and not (tmp_path / "older" / "lm_curve.png").exists()
+
+
+def test_commands_name_the_evaluations_commit_where_it_differs_from_the_trainings():
+    """A model decoded again after a change (--reevaluate) shows both commits in its Commands header; a model
+    decoded at its training's commit, or whose result predates the decoding's own record, shows one."""
+    from bench.report import Report
+
+    results = {n: json.loads((ROOT / "bench" / "budget45_sc" / "results" / f"{n}.json").read_text())
+               for n in ("ar", "difformer_sc")}
+    trained = results["difformer_sc"]["key"]["commit"]
+    results["ar"]["decode"].update(commit=results["ar"]["key"]["commit"], date="2026-12-02T04:53:00")
+    results["difformer_sc"]["decode"].update(commit="13d9c91f48c1" + "0" * 28, date="2026-12-02T04:54:00")
+    lines = "\n".join(Report(results, None, "cmd").commands())
+    assert f"(`ar`, {results['ar']['date']}, commit {results['ar']['key']['commit'][:12]})" in lines
+    assert (f"(`difformer_sc`, {results['difformer_sc']['date']}, commit {trained[:12]}; evaluated "
+            "2026-12-02T04:54:00 at commit 13d9c91f48c1)") in lines
+    results["difformer_sc"]["decode"].pop("commit")
+    assert f"commit {trained[:12]})" in "\n".join(Report(results, None, "cmd").commands())
 
 
 def test_same_command_reads_a_path_in_any_of_its_forms(tmp_path):
