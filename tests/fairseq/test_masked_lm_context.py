@@ -4,7 +4,7 @@ A post-norm 6-layer LM (the presets before pre-norm) never did: on Brown its bou
 for 4000 updates and predicting a token with 5% of the sequence masked cost as much as with all of it masked.
 Pre-norm with learned positions still sat on the plateau after 1250 updates; rotary positions left it within
 750. Here the presets build the transformer of their papers (layer norm placement, positions), and the shipped
-``mdlm_lm_small`` trains for a few hundred steps on sequences whose next token follows from the previous ones (an
+``mdlm_lm_small`` trains for 100 steps on sequences whose next token follows from the previous ones (an
 arithmetic progression over 40 word types with a stride of 1-3), so a model that reads its context predicts a
 lightly-masked sequence far better than a fully-masked one.
 """
@@ -47,7 +47,7 @@ def masked_ce(model, x, fraction, generator):
     return torch.nn.functional.cross_entropy(logits, x[masked]).item()
 
 
-def train(cfg, steps=300):
+def train(cfg, steps=100):  # 100: CE 0.17 nats at 10% masked against 4.0 all masked (60: 1.6 against 4.1)
     dictionary = Dictionary()
     for i in range(TYPES):
         dictionary.add_symbol(f"w{i}", n=100)
@@ -91,6 +91,7 @@ def test_mdlm_lm_small_learns_to_read_its_context():
     g = torch.Generator().manual_seed(5)
     x = progressions(dictionary, g, 64)
     light, full = masked_ce(model, x, 0.1, g), masked_ce(model, x, 1.0, g)
-    # all masked, nothing to read: about log(40) = 3.7 nats; 10% masked: 2.2 pre-norm + learned positions, 3.6 post-norm
+    # all masked, nothing to read: about log(40) = 3.7 nats; 10% masked, after 300 steps: 2.2 pre-norm + learned
+    # positions, 3.6 post-norm
     assert full > 3.0
     assert light < 0.75 * full, (light, full)
