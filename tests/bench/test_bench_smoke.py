@@ -198,6 +198,28 @@ def test_mfu_estimate():
     assert mfu(50_000_000, 100_000.0, "NVIDIA H200", "fp16") == pytest.approx(6 * 5e7 * 1e5 / 989e12)
 
 
+def test_gpu_item_is_measured_again_for_another_optimizer(tmp_path, monkeypatch, capsys):
+    """The GPU result is cached under its key, which carries the optimizer (the smoke suite runs the item once)."""
+    import bench.gpu as gpu
+    from bench.pipeline import Settings
+
+    measured = []
+    def measure(spec, settings, key, force, precision, flags, device, optimizer_flags=()):
+        measured.append((precision, list(optimizer_flags)))
+        return {"tokens_per_s": 1.0}
+
+    monkeypatch.setattr(gpu, "_measure", measure)
+    (tmp_path / "results").mkdir()
+    s = Settings(results=tmp_path / "results", work=tmp_path / "work", mt_data=tmp_path, lm_data=tmp_path, budget=1,
+                 lm_budget=1, smoke=True)
+    first = gpu.run_gpu(s, 1024, 2, optimizer="adam")
+    assert measured == [("fp32", [])] and first["key"]["optimizer"] == "adam"
+    assert gpu.run_gpu(s, 1024, 2, optimizer="adam") == first and "bench: gpu: cached" in capsys.readouterr().out
+    fused = gpu.run_gpu(s, 1024, 2, optimizer="adamw_torch")
+    assert measured[1:] == [("fp32", ["--optimizer", "adamw_torch"])] and fused["key"]["optimizer"] == "adamw_torch"
+    assert json.loads((tmp_path / "results" / "gpu.json").read_text())["key"] == fused["key"]
+
+
 def test_mt_data_bin_must_be_a_prepared_data_bin(tmp_path):
     proc = subprocess.run([sys.executable, str(ROOT / "bench" / "run.py"), "--smoke", "--out", str(tmp_path),
                            "--models", "ar", "--mt-data-bin", str(tmp_path / "nowhere")], cwd=ROOT,
