@@ -47,6 +47,15 @@ state dict in place (``mul_(decay)``), which fails for integer buffers (DiffuSeq
 counts, DiffusionBERT's spindle token counts): "result type Float can't be cast to ... Long". Its
 ``skip_keys`` (entries copied instead of averaged) is never set by the trainer; :func:`_wrap_ema_init`
 puts the model's non-floating-point entries in it.
+
+Warnings about fairseq's own use of newer libraries
+---------------------------------------------------
+Every fairseq-train / fairseq-generate run printed eight warnings (about 25 lines) that name no problem a user
+can fix: six from hydra-core about the 1.0-era API fairseq 0.12 calls (``hydra.experimental``, the compose
+``strict`` flag, ``_group_`` package headers, schema matching, ``version_base``), torch's deprecation of the
+``torch.cuda.amp.autocast`` that fairseq's task calls, and torch's note that fairseq's data loader asks for pinned
+memory on a machine without an accelerator. :data:`KNOWN_WARNINGS` silences exactly those messages (matched
+from their start, each with its category); every other warning still shows.
 """
 import logging
 import os
@@ -54,6 +63,7 @@ import shutil
 import socket
 import tempfile
 import time
+import warnings
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
@@ -231,8 +241,27 @@ def _wrap_ema_init(original):
     return __init__
 
 
+# (category, message regex matched from the message's start) of the warnings above
+KNOWN_WARNINGS = (
+    (UserWarning, r"hydra\.experimental\.(initialize|compose)\(\) is no longer experimental"),
+    (UserWarning, r"\s*The version_base parameter is not specified"),
+    (UserWarning, r"\s*The strict flag in the compose API is deprecated"),
+    (UserWarning, r"In '[^']*': Usage of deprecated keyword in package header '# @package _group_'"),
+    (UserWarning, r"\s*'[^']*' is validated against ConfigStore schema with the same name"),
+    (FutureWarning, r"`torch\.cuda\.amp\.autocast\(args\.\.\.\)` is deprecated"),
+    (UserWarning, r"'pin_memory' argument is set as true but no accelerator is found"),
+)
+
+
+def quiet_known_warnings() -> None:
+    """Silence :data:`KNOWN_WARNINGS` (fairseq's calls into newer hydra and torch), nothing else."""
+    for category, message in KNOWN_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=category)
+
+
 def install() -> None:
     """Apply the patches (idempotent)."""
+    quiet_known_warnings()
     from fairseq import checkpoint_utils
     from fairseq.distributed import utils as distributed_utils
     from fairseq.models import distributed_fairseq_model

@@ -17,7 +17,8 @@ def cli(name):
 
 def run_cli(args, *, check=True, env_extra=None, **kwargs):
     """Run a command line (``env_extra``: more environment variables); on unexpected failure show its output."""
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", **(env_extra or {}))
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    env.update(env_extra or {})
     proc = subprocess.run([str(a) for a in args], capture_output=True, text=True, env=env, **kwargs)
     if check and proc.returncode != 0:
         raise AssertionError(f"{args[0]} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
