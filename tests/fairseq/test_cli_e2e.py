@@ -18,7 +18,8 @@ def trained(data_bin, tmp_path_factory):
     out = {}
     for arch in ARCHS:
         save = tmp_path_factory.mktemp(arch)
-        proc = run_cli(train_args(data_bin, save, arch, "--max-update", str(UPDATES)))
+        proc = run_cli(train_args(data_bin, save, arch, "--max-update", str(UPDATES)),
+                       env_extra={"PYTHONWARNINGS": "default"})  # (the tests' other runs ignore every warning)
         out[arch] = (save, proc.stdout + proc.stderr)
     return out
 
@@ -44,6 +45,7 @@ def test_loss_decreases(trained, arch):
     half = len(losses) // 2
     assert losses[-1] < 0.9 * losses[0], losses
     assert sum(losses[half:]) < sum(losses[:half]), losses
+    assert known_warnings(trained[arch][1]) == []
 
 
 def known_warnings(log: str) -> list:
@@ -54,8 +56,8 @@ def known_warnings(log: str) -> list:
 @pytest.mark.parametrize("arch", ARCHS)
 def test_generate_decodes_every_test_sentence(data_bin, trained, arch):
     proc = run_cli(generate_args(data_bin, trained[arch][0] / "checkpoint_last.pt", "--decoding-steps", "5",
-                                 "--noise-beam", "2", "--clamping"), env_extra={"PYTHONWARNINGS": "default"})
-    assert known_warnings(proc.stderr) == []  # (the tests' other runs ignore every warning)
+                                 "--noise-beam", "2", "--clamping"), env_extra={"PYTHONWARNINGS": "default"})  # shown
+    assert known_warnings(proc.stderr) == []
     hyps = hypotheses(proc.stdout)
     assert sorted(hyps) == list(range(60)), "every test sentence is decoded, none dropped"
     assert re.search(r"^Generate test with beam=\d+: BLEU = [0-9.]+ ", proc.stdout, re.M)
