@@ -162,6 +162,8 @@ def specs(size: str) -> Dict[str, Spec]:
     for factor in (8, 16):  # outside the default set: the paper's F = 4 against more noise at this budget
         out.append(Spec(f"difformer_nf{factor}", f"Difformer, noise factor {factor}", "continuous", td,
                         (*difformer_with(factor), "--self-condition-prob", "0"), crit, decode_flags=CONTINUOUS))
+    out.append(Spec("difformer_kd_nf16", "Difformer, distilled data, noise factor 16", "continuous", td,
+                    (*difformer_with(16), "--self-condition-prob", "0"), crit, decode_flags=CONTINUOUS, teacher="ar"))
     for name, label in (("mdlm", "MDLM"), ("md4", "MD4"), ("genmd4", "GenMD4"), ("diffusionbert", "DiffusionBERT")):
         out.append(Spec(name, label, "discrete", td, ("--arch", f"{name}_{size}"), crit, decode_flags=MASKED))
     out.append(Spec("diffusionbert_kd", "DiffusionBERT, distilled data", "discrete", td,
