@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from bench.gpu import mfu, peak_flops
-from bench.models import FULL_GRID, SMOKE_MODELS, decode_configs, specs
+from bench.models import DEFAULT_MODELS, FULL_GRID, SMOKE_MODELS, decode_configs, specs
 
 ROOT = Path(__file__).resolve().parents[2]
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -312,6 +312,10 @@ def test_noise_factor_variants_differ_from_difformer_in_their_noise_factor_only(
         assert variant.arch == tuple(str(factor) if a == "4" else a for a in base.arch)
         assert (variant.task, variant.criterion, variant.decode_flags, variant.family) == \
             (base.task, base.criterion, base.decode_flags, base.family)
+    kd, kd16 = specs("small")["difformer_kd"], specs("small")["difformer_kd_nf16"]  # the same on distilled data
+    assert kd.arch == base.arch and kd16.arch == specs("small")["difformer_nf16"].arch
+    assert (kd16.task, kd16.criterion, kd16.decode_flags, kd16.teacher) == (kd.task, kd.criterion, kd.decode_flags, "ar")
+    assert "difformer_kd_nf16" not in DEFAULT_MODELS
 
 
 def test_report_without_the_ar_model_leaves_the_speed_target_unmeasured():
