@@ -42,6 +42,7 @@ still load without restrictions by default, which is torch's behaviour, not ours
 """
 import _compat_pickle
 import argparse
+import contextlib
 import functools
 import os
 import pickle
@@ -272,24 +273,36 @@ def _translate(exc: Exception, path: Any) -> Optional[Exception]:
     )
 
 
+# Options on by default that were fields of that name before they became ``no_*`` flags: fairseq makes a boolean
+# field that defaults to True a flag that turns it *off*, so ``--antithetic-time`` disabled antithetic times.
+NEGATED_OPTIONS = {"loss_aware_sampler": "no_loss_aware_sampler", "antithetic_time": "no_antithetic_time",
+                   "pred_length_offset": "no_pred_length_offset"}
+
+
 def upgrade_model_config(state: dict) -> dict:
     """Options a checkpoint predates, set to what it was trained with (before the arch presets fill them).
 
     ``position_encoding`` (added with rotary positions, which the masked-diffusion LM presets now default to):
     a checkpoint whose model has a learned position table and no such field was trained with learned positions.
+    :data:`NEGATED_OPTIONS`: an old option's value becomes its ``no_*`` flag's negation.
     """
     cfg = state.get("cfg") if isinstance(state, dict) else None
     model_cfg = cfg.get("model") if cfg is not None and hasattr(cfg, "get") else None
+    if model_cfg is None or not hasattr(model_cfg, "get"):
+        return state
     weights = state.get("model") or {}
-    if model_cfg is not None and hasattr(model_cfg, "get") and model_cfg.get("position_encoding") is None \
-            and any(name.endswith("positions.weight") for name in weights):
+    renamed = [old for old in NEGATED_OPTIONS if old in model_cfg]
+    upgrades = {NEGATED_OPTIONS[old]: not model_cfg.get(old) for old in renamed
+                if NEGATED_OPTIONS[old] not in model_cfg}
+    if model_cfg.get("position_encoding") is None and any(name.endswith("positions.weight") for name in weights):
+        upgrades["position_encoding"] = "learned"
+    if upgrades or renamed:  # the old names go: a config merged into the model's dataclass may not hold them
         from omegaconf import DictConfig, open_dict
 
-        if isinstance(model_cfg, DictConfig):
-            with open_dict(model_cfg):
-                model_cfg.position_encoding = "learned"
-        else:
-            model_cfg["position_encoding"] = "learned"
+        with open_dict(model_cfg) if isinstance(model_cfg, DictConfig) else contextlib.nullcontext():
+            model_cfg.update(upgrades)
+            for old in renamed:
+                del model_cfg[old]
     return state
 
 

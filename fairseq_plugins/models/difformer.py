@@ -44,8 +44,9 @@ class DifformerConfig(EmbeddingDiffusionConfig):
     decoder_layers: int = field(default=6, metadata={"help": "decoder (denoiser) layers", "range": "[1, inf)"})
     length_loss_factor: float = field(default=0.1, metadata={"help": "weight of the length-prediction loss",
                                                             "range": "[0, inf)"})
-    pred_length_offset: bool = field(
-        default=True, metadata={"help": "predict target length minus source length (fairseq NAT style)"}
+    no_pred_length_offset: bool = field(
+        default=False, metadata={"help": "predict the target length itself, not target minus source length (fairseq "
+                                 "NAT's offset, the default)"}
     )
     src_embedding_copy: bool = field(
         default=False,
@@ -71,7 +72,7 @@ class DifformerModel(EmbeddingDiffusionModel):
         self.time = TimeEmbedding(d)
         self.decoder = Stack(cfg, layers=cfg.decoder_layers, max_positions=cfg.max_target_positions, cross_attention=True)
         self.out_proj = nn.Linear(d, lat)
-        self.length = LengthPredictor(d, pad=self.pad, offset=cfg.pred_length_offset)
+        self.length = LengthPredictor(d, pad=self.pad, offset=not cfg.no_pred_length_offset)
         if cfg.apply_bert_init:
             from fairseq.modules.transformer_sentence_encoder import init_bert_params
 

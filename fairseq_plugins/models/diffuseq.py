@@ -30,8 +30,9 @@ from fairseq_plugins.models.layers import Stack, config_defaults
 @dataclass
 class DiffuSeqConfig(EmbeddingDiffusionConfig):
     layers: int = field(default=12, metadata={"help": "transformer layers over source ⊕ target", "range": "[1, inf)"})
-    loss_aware_sampler: bool = field(
-        default=True, metadata={"help": "draw training steps by the loss-aware (second-moment) sampler"}
+    no_loss_aware_sampler: bool = field(
+        default=False, metadata={"help": "draw training steps uniformly, not by DiffuSeq's loss-aware (second-moment) "
+                                 "sampler (the default)"}
     )
 
 
@@ -45,7 +46,7 @@ class DiffuSeqModel(EmbeddingDiffusionModel):
         max_positions = cfg.max_source_positions + cfg.max_target_positions
         self.stack = Stack(cfg, layers=cfg.layers, max_positions=max_positions, cross_attention=False)
         self.out_proj = nn.Linear(d, cfg.latent_dim)
-        self.time_sampler = LossAwareSampler(cfg.diffusion_steps) if cfg.loss_aware_sampler else None
+        self.time_sampler = None if cfg.no_loss_aware_sampler else LossAwareSampler(cfg.diffusion_steps)
 
     @classmethod
     def build_model(cls, cfg, task):

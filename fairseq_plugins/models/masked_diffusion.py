@@ -65,8 +65,9 @@ class MaskedDiffusionConfig(StackConfig):
     )
     time_eps: float = field(default=1e-3, metadata={"help": "continuous training times are drawn in [eps, 1]",
                                                    "range": "(0, 1)"})
-    antithetic_time: bool = field(
-        default=True, metadata={"help": "stratified (antithetic) training times within a batch (MDLM)"}
+    no_antithetic_time: bool = field(
+        default=False, metadata={"help": "independent training times, not MDLM's stratified (antithetic) times within "
+                                 "a batch (the default)"}
     )
     rloo_samples: int = field(default=2, metadata={"help": "mask samples per sequence of GenMD4's RLOO gradient",
                                                   "range": "[1, inf)"})
@@ -86,8 +87,9 @@ class MaskedSeq2SeqConfig(MaskedDiffusionConfig):
                                "mdlm/md4/genmd4, ~5.5e-3 for d3pm at T 2048, so the length term cannot dominate)",
                                "range": "[0, inf)"}
     )
-    pred_length_offset: bool = field(
-        default=True, metadata={"help": "predict target length minus source length (fairseq NAT style)"}
+    no_pred_length_offset: bool = field(
+        default=False, metadata={"help": "predict the target length itself, not target minus source length (fairseq "
+                                 "NAT's offset, the default)"}
     )
 
 
@@ -131,7 +133,7 @@ class MaskedDiffusionBase(BaseFairseqModel):
         )
         self.diffusion = MaskedDiffusion(
             schedule, objective=cfg.objective, mask_id=self.mask_id, time_eps=cfg.time_eps,
-            antithetic=cfg.antithetic_time, hybrid_lambda=cfg.hybrid_lambda, rloo_samples=cfg.rloo_samples,
+            antithetic=not cfg.no_antithetic_time, hybrid_lambda=cfg.hybrid_lambda, rloo_samples=cfg.rloo_samples,
         )
         self.time = TimeEmbedding(cfg.model_dim) if cfg.time_conditioning != "none" else None
 
@@ -222,7 +224,7 @@ class MaskedDiffusionSeq2Seq(MaskedDiffusionBase):
                              cross_attention=False)
         self.decoder = Stack(cfg, layers=cfg.decoder_layers,
                              max_positions=cfg.max_target_positions + self.extra_positions, cross_attention=True)
-        self.length = LengthPredictor(cfg.model_dim, pad=self.pad, offset=cfg.pred_length_offset)
+        self.length = LengthPredictor(cfg.model_dim, pad=self.pad, offset=not cfg.no_pred_length_offset)
 
     @classmethod
     def build_model(cls, cfg, task):

@@ -423,3 +423,15 @@ def test_a_checkpoint_from_before_position_encoding_keeps_its_learned_positions(
     chosen = ckpt_mod.upgrade_model_config(
         state({"_name": "x", "position_encoding": "rotary"}, ["encoder.positions.weight"]))
     assert chosen["cfg"].model.position_encoding == "rotary"
+
+
+def test_old_positive_option_names_become_their_no_flags():
+    from omegaconf import OmegaConf
+
+    old = {"cfg": OmegaConf.create({"model": {"_name": "mdlm_small", "antithetic_time": False,
+                                              "pred_length_offset": True, "loss_aware_sampler": False}})}
+    model = ckpt_mod.upgrade_model_config(old)["cfg"].model
+    assert (model.no_antithetic_time, model.no_pred_length_offset, model.no_loss_aware_sampler) == (True, False, True)
+    assert not set(ckpt_mod.NEGATED_OPTIONS) & set(model)  # the old names are gone
+    new = ckpt_mod.upgrade_model_config({"cfg": {"model": {"no_antithetic_time": True}}})["cfg"]["model"]
+    assert new == {"no_antithetic_time": True}  # a current config is left as it is

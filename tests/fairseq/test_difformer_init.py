@@ -56,5 +56,23 @@ def test_config_defaults_fill_only_what_is_missing():
     OmegaConf.set_struct(cfg, True)
     out = config_defaults(cfg, MaskedLMConfig)
     assert out is cfg and cfg.position_encoding == "learned" and cfg.max_target_positions == 64  # kept
-    assert cfg.antithetic_time is True and cfg.time_conditioning == "none"  # filled with the defaults
+    assert cfg.no_antithetic_time is False and cfg.time_conditioning == "none"  # filled with the defaults
     assert isinstance(cfg.time_conditioning, str)
+
+
+def test_checkpoint_with_the_old_positive_option_names_keeps_what_it_was_trained_with(difformer_dir, tmp_path):
+    """Before the ``no_*`` flags a checkpoint stored ``pred_length_offset`` (etc.): it loads with the same setting."""
+    import fairseq_plugins  # noqa: F401  (the safe loader, which upgrades the config)
+    from fairseq import checkpoint_utils
+
+    state = torch.load(difformer_dir / "checkpoint_last.pt", map_location="cpu", weights_only=True)
+    model_cfg = state["cfg"]["model"]
+    assert model_cfg["no_pred_length_offset"] is False
+    del model_cfg["no_pred_length_offset"]
+    model_cfg["pred_length_offset"] = False  # trained without the offset, under the old name
+    torch.save(state, tmp_path / "old.pt")
+    models, cfg = checkpoint_utils.load_model_ensemble([str(tmp_path / "old.pt")])
+    assert models[0].length.offset is False and cfg.model.no_pred_length_offset is True
+    assert "pred_length_offset" not in cfg.model
+    current, _ = checkpoint_utils.load_model_ensemble([str(difformer_dir / "checkpoint_last.pt")])
+    assert current[0].length.offset is True
