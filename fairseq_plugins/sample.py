@@ -3,9 +3,10 @@
     python -m fairseq_plugins.sample DATA --path CHECKPOINT --num-samples 8 --length 128 \\
         --decoding-steps 128 --sampler ddpm_cache [--block-length 64] [--post-process sentencepiece]
 
-Sequences up to the model's length (--max-target-positions, the training --tokens-per-sample) are
-sampled in one reverse process; longer ones semi-autoregressively (MDLM): blocks of --block-length
-tokens left to right, each conditioned on up to (model length - block length) previous tokens.
+Sequences up to the model's length (the training --tokens-per-sample, which may be shorter than its
+--max-target-positions) are sampled in one reverse process; longer ones semi-autoregressively (MDLM):
+blocks of --block-length tokens left to right, each conditioned on up to (model length - block length)
+previous tokens.
 Prints each sample (eos separators as line breaks) and the sampling speed on stderr.
 """
 import argparse
@@ -25,7 +26,8 @@ def parse_args(argv=None):
     p.add_argument("data", help="data-bin directory the model was trained on (its dict.txt)")
     p.add_argument("--path", required=True, help="checkpoint of a masked_diffusion_lm model")
     p.add_argument("--num-samples", type=int, default=8, help="sequences to sample")
-    p.add_argument("--length", type=int, default=None, help="tokens per sequence (default: the model length)")
+    p.add_argument("--length", type=int, default=None,
+                   help="tokens per sequence (default: the model length, its training --tokens-per-sample)")
     p.add_argument("--decoding-steps", type=int, default=128, help="reverse steps (per block when semi-AR)")
     p.add_argument("--sampler", default="ddpm", choices=("ddpm", "ddpm_cache", "confidence"), help="sampler")
     p.add_argument("--temperature", type=float, default=1.0, help="token temperature (0: greedy)")
@@ -60,7 +62,7 @@ def load_language_model(path: str, data: str, device):
 
 def check_args(args, model) -> int:
     """-> the semi-AR block length (the model length when no semi-AR is needed)."""
-    model_length = model.max_positions()
+    model_length = model.context_length
     for name in ("num_samples", "length", "decoding_steps", "batch_size", "block_length"):
         value = getattr(args, name)
         if value is not None and value < 1:
@@ -87,7 +89,7 @@ def sample(model, args, device) -> torch.Tensor:
     for start in range(0, args.num_samples, args.batch_size):
         n = min(args.batch_size, args.num_samples - start)
         prefix = torch.empty(n, 0, dtype=torch.long, device=device)
-        out.append(semi_ar_sample(model.denoise, prefix, total_length=args.length, model_length=model.max_positions(),
+        out.append(semi_ar_sample(model.denoise, prefix, total_length=args.length, model_length=model.context_length,
                                   block_length=block, sampler=args.sampler, **kwargs))
     return torch.cat(out)
 
@@ -108,13 +110,13 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() and not args.cpu else "cpu")
     model, task = load_language_model(args.path, args.data, device)
-    args.length = args.length or model.max_positions()
+    args.length = args.length or model.context_length
     start = time.perf_counter()
     tokens = sample(model, args, device)
     seconds = time.perf_counter() - start
     for i, row in enumerate(tokens):
         print(f"S-{i}\t" + detokenize(task.source_dictionary, row, args.post_process).replace("\n", "\n\t"))
-    semi_ar = args.length > model.max_positions()
+    semi_ar = args.length > model.context_length
     print(
         f"sampled {len(tokens)} sequences of {args.length} tokens in {seconds:.2f} s "
         f"({len(tokens) / seconds:.2f} samples/s, {tokens.numel() / seconds:.0f} tokens/s"

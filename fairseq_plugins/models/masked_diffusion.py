@@ -292,6 +292,9 @@ class MaskedDiffusionLM(MaskedDiffusionBase):
         super().__init__(cfg, d, protected_ids=(d.pad(), d.bos()), forbidden_ids=(d.pad(), d.bos()))
         self.stack = Stack(cfg, layers=cfg.layers, max_positions=cfg.max_target_positions + self.extra_positions,
                            cross_attention=False)
+        # the longest sequence it is trained on: the task's --tokens-per-sample (set by build_model), which may be
+        # shorter than its position table; sampling goes semi-autoregressive beyond it
+        self.context_length = cfg.max_target_positions
 
     @classmethod
     def build_model(cls, cfg, task):
@@ -303,6 +306,7 @@ class MaskedDiffusionLM(MaskedDiffusionBase):
                 f"{cfg.max_target_positions}; lower the former or raise the latter"
             )
         model = cls(cfg, task.source_dictionary)
+        model.context_length = length or cfg.max_target_positions
         if cfg.bert_init and not _from_checkpoint(task):
             model.initialise_from_bert([model.stack])
         return model

@@ -191,7 +191,7 @@ def test_sample_cli_prints_n_samples_and_speed(lm_bin, lm):
     assert re.search(r"sampled 3 sequences of 32 tokens in [0-9.]+ s \([0-9.]+ samples/s", proc.stderr)
 
 
-@pytest.mark.parametrize("length", [40, 150])  # within, and beyond (semi-AR), the model length of 128
+@pytest.mark.parametrize("length", [40, 150])  # within, and beyond (semi-AR), the trained length of 64
 def test_sampling_gives_the_requested_length_without_masks(lm_bin, lm, length):
     from fairseq_plugins.sample import load_language_model, parse_args, sample
 
@@ -201,6 +201,21 @@ def test_sampling_gives_the_requested_length_without_masks(lm_bin, lm, length):
     tokens = sample(model, args, torch.device("cpu"))
     assert tokens.shape == (3, length)
     assert not bool((tokens == model.mask_id).any()) and not bool((tokens == model.pad).any())
+
+
+def test_sampling_beyond_the_training_length_is_semi_autoregressive(lm_bin, lm):
+    """The model length is the training --tokens-per-sample (64 here), not the position table (128 for the tiny
+    preset): 100 tokens are sampled in blocks, and the default length is 64."""
+    from fairseq_plugins.sample import load_language_model
+
+    model, _ = load_language_model(str(lm["mdlm_lm_tiny"][0]), str(lm_bin), torch.device("cpu"))
+    assert (model.context_length, model.max_positions()) == (64, 128)
+    common = [sys.executable, "-m", "fairseq_plugins.sample", lm_bin, "--path", lm["mdlm_lm_tiny"][0],
+              "--num-samples", "2", "--decoding-steps", "4"]
+    beyond = run_cli([*common, "--length", "100"], cwd=ROOT).stderr
+    assert re.search(r"sampled 2 sequences of 100 tokens in .*, semi-autoregressive\)", beyond)
+    default = run_cli(common, cwd=ROOT).stderr
+    assert re.search(r"sampled 2 sequences of 64 tokens in [^\n]*tokens/s\)", default)
 
 
 def test_sampling_a_seq2seq_model_is_a_one_line_error(lm_bin, trained):
