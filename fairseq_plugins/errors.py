@@ -61,6 +61,11 @@ def user_error(exc: BaseException):
             return cause
         if isinstance(cause, RuntimeError) and "Error(s) in loading state_dict" in str(cause):
             return DifftextError(_state_dict_mismatch(text, str(cause)))
+    # fairseq's load_model_ensemble_and_task (fairseq-generate, -interactive, -validate with --path)
+    if isinstance(exc, OSError) and text.startswith("Model file not found: "):
+        path = text[len("Model file not found: "):]
+        return DifftextError(f"checkpoint {path} does not exist; pass --path a checkpoint file that fairseq-train "
+                             "wrote (e.g. <save-dir>/checkpoint_last.pt)")
     # torch.multiprocessing.spawn (fairseq's data-parallel processes) re-raises a child's error as its text
     if type(exc).__name__ == "ProcessRaisedException" and text.strip():
         name, _, message = text.strip().splitlines()[-1].partition(": ")

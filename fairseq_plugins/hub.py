@@ -8,6 +8,7 @@
 Keyword arguments override the saved task options (any ``text_diffusion`` decoding flag, with
 underscores). The SentencePiece model is applied on the way in and undone on the way out.
 """
+import difflib
 from pathlib import Path
 from typing import Optional
 
@@ -29,5 +30,23 @@ def load(checkpoint: str, data: str, *, sentencepiece_model: Optional[str] = Non
     loaded = hub_utils.from_pretrained(
         str(ckpt.parent), checkpoint_file=ckpt.name, data_name_or_path=str(data_dir), **overrides
     )
+    _check_options(loaded["args"], overrides)
     hub = hub_utils.GeneratorHubInterface(loaded["args"], loaded["task"], loaded["models"])
     return hub if cpu else hub.cuda()
+
+
+def _check_options(cfg, overrides: dict) -> None:
+    """A one-line error for a keyword that names no option (fairseq would ignore it, e.g. a misspelt one)."""
+    known = set(cfg.keys())  # the config groups themselves: bpe, tokenizer, ...
+    for group in cfg.keys():
+        section = cfg.get(group)
+        if hasattr(section, "keys"):
+            known.update(section.keys())
+    unknown = sorted(name for name in overrides if name not in known)
+    if unknown:
+        name = unknown[0]
+        close = difflib.get_close_matches(name, sorted(known), n=1)
+        raise DifftextError(
+            f"load() got the unknown option {name!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
+            + "; pass decoding options as the text_diffusion flags with underscores, e.g. decoding_steps=20"
+        )

@@ -6,6 +6,7 @@ options of diffusion models. ``fairseq-generate``/``fairseq-interactive``/the hu
 :class:`~fairseq_plugins.generator.DiffusionGenerator` through :meth:`build_generator`.
 """
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -76,8 +77,9 @@ class TextDiffusionConfig(TranslationConfig):
     seed: int = II("common.seed")  # seeds each training micro-batch, see fairseq_plugins/reliability.py
 
 
-def check_data_paths(data: Optional[str]) -> list:
-    """The data directories of --data (one-line errors when missing)."""
+def check_data_paths(data: Optional[str], task: Optional[str] = None) -> list:
+    """The data directories of --data (one-line errors when missing, or when their kind is not ``task``'s:
+    text_diffusion reads parallel data (dict.<lang>.txt), text_diffusion_lm monolingual data (dict.txt))."""
     paths = utils.split_paths(data) if data else []
     if not paths:
         raise DifftextError("no data directory given; pass the fairseq-preprocess output dir as the first argument")
@@ -87,6 +89,19 @@ def check_data_paths(data: Optional[str]) -> list:
                 f"data directory {path!r} does not exist; run fairseq-preprocess (or data_scripts/) "
                 "first and pass its --destdir"
             )
+    files = set(os.listdir(paths[0]))
+    parallel = sorted(f for f in files if re.fullmatch(r"dict\.[^.]+\.txt", f))
+    if task == "text_diffusion_lm" and "dict.txt" not in files and parallel:
+        raise DifftextError(
+            f"{paths[0]!r} holds parallel data ({', '.join(parallel)}), not monolingual text: train a "
+            "sequence-to-sequence model on it with --task text_diffusion, or binarize text for a language model "
+            "with data_scripts/prepare_lm.py"
+        )
+    if task == "text_diffusion" and not parallel and "dict.txt" in files:
+        raise DifftextError(
+            f"{paths[0]!r} holds monolingual data (dict.txt), not parallel text: train a language model on it with "
+            "--task text_diffusion_lm, or binarize parallel text with data_scripts/ (e.g. prepare_multi30k.py)"
+        )
     return paths
 
 
@@ -130,10 +145,20 @@ class TextDiffusionTask(DiffusionTaskMixin, TranslationTask):
 
     @classmethod
     def setup_task(cls, cfg: TextDiffusionConfig, **kwargs):
-        paths = check_data_paths(cfg.data)
+        paths = check_data_paths(cfg.data, "text_diffusion")
         task = super().setup_task(cfg, **kwargs)
         bind_data_manifest(task, paths[0])  # dicts match manifest.json; checkpoints remember and check them
         return task
+
+    def build_model(self, cfg, from_checkpoint=False):
+        model = super().build_model(cfg, from_checkpoint)
+        if not hasattr(model, "decoding_problem"):
+            arch = getattr(cfg, "_name", None) or getattr(cfg, "arch", None)
+            raise DifftextError(
+                f"--arch {arch} is a language model; --task text_diffusion trains sequence-to-sequence models "
+                "(--arch difformer_small, diffuseq_small, mdlm_small, ...): use --task text_diffusion_lm for it"
+            )
+        return model
 
     def load_dataset(self, split, epoch=1, combine=False, **kwargs):
         path = utils.split_paths(self.cfg.data)[0]

@@ -37,7 +37,7 @@ class TextDiffusionLMTask(DiffusionTaskMixin, LanguageModelingTask):
 
     @classmethod
     def setup_task(cls, args, **kwargs):
-        paths = check_data_paths(args.data)
+        paths = check_data_paths(args.data, "text_diffusion_lm")
         task = super().setup_task(args, **kwargs)
         bind_data_manifest(task, paths[0])
         return task

@@ -187,6 +187,14 @@ def test_python_api_translates_strings(data_bin, trained):
     assert "▁" not in "".join(out), "SentencePiece is undone on the way out"
 
 
+def test_python_api_refuses_a_misspelt_option(data_bin, trained):
+    from fairseq_plugins.errors import DifftextError
+    from fairseq_plugins.hub import load
+
+    with pytest.raises(DifftextError, match=r"unknown option 'decoding_step' \(did you mean 'decoding_steps'\?\)"):
+        load(trained["difformer_tiny"][0] / "checkpoint_last.pt", data_bin, decoding_step=3)
+
+
 def test_quickstart_noise_factor_reaches_difformer_training_once():
     from examples.quickstart import NOISE_FACTOR, TRAIN_FLAGS, recipe
 

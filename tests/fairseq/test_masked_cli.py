@@ -229,6 +229,19 @@ def test_lm_task_refuses_a_seq2seq_arch(lm_bin, tmp_path):
     one_line_error(proc, "text_diffusion_lm", "mdlm_lm_small")
 
 
+def test_seq2seq_task_refuses_a_language_model_arch(data_bin, tmp_path):
+    proc = run_cli(train_args(data_bin, tmp_path, "mdlm_lm_tiny", "--max-update", "1"), check=False)
+    one_line_error(proc, "--arch mdlm_lm_tiny is a language model", "--task text_diffusion_lm")
+    assert not list(tmp_path.glob("*.pt"))
+
+
+def test_each_task_refuses_the_other_kind_of_data(data_bin, lm_bin, tmp_path):
+    proc = run_cli(lm_train_args(data_bin, tmp_path, "mdlm_lm_tiny", "--max-update", "1"), check=False)
+    one_line_error(proc, "holds parallel data (dict.de.txt, dict.en.txt)", "--task text_diffusion", "prepare_lm.py")
+    proc = run_cli(train_args(lm_bin, tmp_path, "mdlm_tiny", "--max-update", "1"), check=False)
+    one_line_error(proc, "holds monolingual data (dict.txt)", "--task text_diffusion_lm")
+
+
 def test_bert_init_through_fairseq_train_and_not_needed_to_load(lm_bin, tmp_path):
     """--bert-init copies BERT at the start of training; loading the checkpoint later does not need it."""
     import shutil

@@ -125,6 +125,11 @@ def test_damaged_binarized_data_through_generate(data_bin, difformer_dir, tmp_pa
 
 
 # --- checkpoints ------------------------------------------------------------------------------------------
+def test_missing_checkpoint_through_generate(data_bin, tmp_path):
+    proc = run_cli(generate_args(data_bin, tmp_path / "none.pt"), check=False)
+    one_line_error(proc, f"checkpoint {tmp_path / 'none.pt'} does not exist", "--path", "checkpoint_last.pt")
+
+
 def test_truncated_checkpoint_through_generate(data_bin, difformer_dir, tmp_path):
     ckpt = tmp_path / "checkpoint_last.pt"
     data = (difformer_dir / "checkpoint_last.pt").read_bytes()
