@@ -259,9 +259,19 @@ def quiet_known_warnings() -> None:
         warnings.filterwarnings("ignore", message=message, category=category)
 
 
+def quiet_hydra_debug() -> None:
+    """Keep hydra's DEBUG records (two "Setting JobRuntime" lines before every fairseq run's first line, and before
+    each one-line error) out of the log: importing fairseq sets the root logger to DEBUG (its
+    wav2vec2_classification module calls ``logging.basicConfig(level=DEBUG)``), and the CLIs' own basicConfig then
+    changes nothing. Only hydra's logger is raised to INFO, unless fairseq's ``LOGLEVEL`` asks for DEBUG."""
+    if os.environ.get("LOGLEVEL", "INFO").upper() != "DEBUG":
+        logging.getLogger("hydra").setLevel(logging.INFO)
+
+
 def install() -> None:
     """Apply the patches (idempotent)."""
     quiet_known_warnings()
+    quiet_hydra_debug()
     from fairseq import checkpoint_utils
     from fairseq.distributed import utils as distributed_utils
     from fairseq.models import distributed_fairseq_model

@@ -58,6 +58,7 @@ def test_generate_decodes_every_test_sentence(data_bin, trained, arch):
     proc = run_cli(generate_args(data_bin, trained[arch][0] / "checkpoint_last.pt", "--decoding-steps", "5",
                                  "--noise-beam", "2", "--clamping"), env_extra={"PYTHONWARNINGS": "default"})  # shown
     assert known_warnings(proc.stderr) == []
+    assert "DEBUG:hydra" not in proc.stderr  # compat.quiet_hydra_debug
     hyps = hypotheses(proc.stdout)
     assert sorted(hyps) == list(range(60)), "every test sentence is decoded, none dropped"
     assert re.search(r"^Generate test with beam=\d+: BLEU = [0-9.]+ ", proc.stdout, re.M)
