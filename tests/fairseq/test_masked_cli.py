@@ -203,19 +203,18 @@ def test_sampling_gives_the_requested_length_without_masks(lm_bin, lm, length):
     assert not bool((tokens == model.mask_id).any()) and not bool((tokens == model.pad).any())
 
 
-def test_sampling_beyond_the_training_length_is_semi_autoregressive(lm_bin, lm):
+def test_sampling_beyond_the_training_length_is_semi_autoregressive(lm_bin, lm, capsys):
     """The model length is the training --tokens-per-sample (64 here), not the position table (128 for the tiny
     preset): 100 tokens are sampled in blocks, and the default length is 64."""
-    from fairseq_plugins.sample import load_language_model
+    from fairseq_plugins import sample as sampler
 
-    model, _ = load_language_model(str(lm["mdlm_lm_tiny"][0]), str(lm_bin), torch.device("cpu"))
+    model, _ = sampler.load_language_model(str(lm["mdlm_lm_tiny"][0]), str(lm_bin), torch.device("cpu"))
     assert (model.context_length, model.max_positions()) == (64, 128)
-    common = [sys.executable, "-m", "fairseq_plugins.sample", lm_bin, "--path", lm["mdlm_lm_tiny"][0],
-              "--num-samples", "2", "--decoding-steps", "4"]
-    beyond = run_cli([*common, "--length", "100"], cwd=ROOT).stderr
-    assert re.search(r"sampled 2 sequences of 100 tokens in .*, semi-autoregressive\)", beyond)
-    default = run_cli(common, cwd=ROOT).stderr
-    assert re.search(r"sampled 2 sequences of 64 tokens in [^\n]*tokens/s\)", default)
+    common = [str(lm_bin), "--path", str(lm["mdlm_lm_tiny"][0]), "--num-samples", "2", "--decoding-steps", "4"]
+    sampler.main([*common, "--length", "100"])
+    assert re.search(r"sampled 2 sequences of 100 tokens in .*, semi-autoregressive\)", capsys.readouterr().err)
+    sampler.main(common)
+    assert re.search(r"sampled 2 sequences of 64 tokens in [^\n]*tokens/s\)", capsys.readouterr().err)
 
 
 def test_sampling_a_seq2seq_model_is_a_one_line_error(lm_bin, trained):
@@ -229,17 +228,24 @@ def test_lm_task_refuses_a_seq2seq_arch(lm_bin, tmp_path):
     one_line_error(proc, "text_diffusion_lm", "mdlm_lm_small")
 
 
-def test_seq2seq_task_refuses_a_language_model_arch(data_bin, tmp_path):
-    proc = run_cli(train_args(data_bin, tmp_path, "mdlm_lm_tiny", "--max-update", "1"), check=False)
-    one_line_error(proc, "--arch mdlm_lm_tiny is a language model", "--task text_diffusion_lm")
-    assert not list(tmp_path.glob("*.pt"))
+def test_seq2seq_task_refuses_a_language_model_arch(data_bin):
+    from fairseq_plugins.errors import DifftextError
+    from tests.fairseq.test_no_flags import build
+
+    with pytest.raises(DifftextError, match=r"--arch mdlm_lm_tiny is a language model; .*--task text_diffusion_lm"):
+        build(data_bin, "mdlm_lm_tiny")
 
 
-def test_each_task_refuses_the_other_kind_of_data(data_bin, lm_bin, tmp_path):
-    proc = run_cli(lm_train_args(data_bin, tmp_path, "mdlm_lm_tiny", "--max-update", "1"), check=False)
-    one_line_error(proc, "holds parallel data (dict.de.txt, dict.en.txt)", "--task text_diffusion", "prepare_lm.py")
-    proc = run_cli(train_args(lm_bin, tmp_path, "mdlm_tiny", "--max-update", "1"), check=False)
-    one_line_error(proc, "holds monolingual data (dict.txt)", "--task text_diffusion_lm")
+def test_each_task_refuses_the_other_kind_of_data(data_bin, lm_bin):
+    from fairseq_plugins.errors import DifftextError
+    from fairseq_plugins.tasks.text_diffusion import check_data_paths
+
+    with pytest.raises(DifftextError, match=r"holds parallel data \(dict.de.txt, dict.en.txt\).*--task text_diffusion,"):
+        check_data_paths(str(data_bin), "text_diffusion_lm")
+    with pytest.raises(DifftextError, match=r"holds monolingual data \(dict.txt\).*--task text_diffusion_lm"):
+        check_data_paths(str(lm_bin), "text_diffusion")
+    assert check_data_paths(str(data_bin), "text_diffusion") == [str(data_bin)]
+    assert check_data_paths(str(lm_bin), "text_diffusion_lm") == [str(lm_bin)]
 
 
 def test_bert_init_through_fairseq_train_and_not_needed_to_load(lm_bin, tmp_path):
