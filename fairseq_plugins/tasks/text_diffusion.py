@@ -99,8 +99,8 @@ def check_data_paths(data: Optional[str], task: Optional[str] = None) -> list:
         )
     if task == "text_diffusion" and not parallel and "dict.txt" in files:
         raise DifftextError(
-            f"{paths[0]!r} holds monolingual data (dict.txt), not parallel text: train a language model on it with "
-            "--task text_diffusion_lm, or binarize parallel text with data_scripts/ (e.g. prepare_multi30k.py)"
+            f"{paths[0]!r} holds monolingual data (dict.txt), not parallel text: train a language model on it "
+            "with --task text_diffusion_lm, or binarize parallel text with data_scripts/ (e.g. prepare_multi30k.py)"
         )
     return paths
 

@@ -240,7 +240,8 @@ def test_each_task_refuses_the_other_kind_of_data(data_bin, lm_bin):
     from fairseq_plugins.errors import DifftextError
     from fairseq_plugins.tasks.text_diffusion import check_data_paths
 
-    with pytest.raises(DifftextError, match=r"holds parallel data \(dict.de.txt, dict.en.txt\).*--task text_diffusion,"):
+    parallel = r"holds parallel data \(dict.de.txt, dict.en.txt\).*--task text_diffusion,"
+    with pytest.raises(DifftextError, match=parallel):
         check_data_paths(str(data_bin), "text_diffusion_lm")
     with pytest.raises(DifftextError, match=r"holds monolingual data \(dict.txt\).*--task text_diffusion_lm"):
         check_data_paths(str(lm_bin), "text_diffusion")
