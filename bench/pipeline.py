@@ -79,11 +79,17 @@ def spec_fields(spec: Spec) -> Dict:
     return fields
 
 
+def model_args(spec: Spec, data: Path, max_tokens: int) -> List[str]:
+    """The fairseq-train arguments that make ``spec``'s model, objective, optimiser and batches (those every tool
+    of the suite shares: bench/step_flops.py builds the same model and batches from them)."""
+    return [str(data), "--user-dir", str(USER_DIR), *spec.task, *spec.arch, *spec.criterion, *OPTIMISER,
+            "--max-tokens", str(max_tokens), "--seed", "1"]
+
+
 def train_command(spec: Spec, s: Settings, save_dir: Path, data: Optional[Path] = None) -> List[str]:
     """fairseq-train's arguments; ``data``: the training data-bin when it is not the suite's (distilled data)."""
     data = data or (s.lm_data if spec.lm else s.mt_data)
-    cmd = [str(data), "--user-dir", str(USER_DIR), *spec.task, *spec.arch, *spec.criterion, *OPTIMISER,
-           "--max-tokens", str(s.max_tokens), "--seed", "1", "--save-dir", str(save_dir), "--no-epoch-checkpoints",
+    cmd = [*model_args(spec, data, s.max_tokens), "--save-dir", str(save_dir), "--no-epoch-checkpoints",
            "--disable-validation", "--no-save-optimizer-state", "--save-interval-updates", str(s.save_interval),
            "--num-workers", "0", "--log-format", "simple", "--log-interval", "50"]
     cmd += ["--cpu"] if s.cpu else []

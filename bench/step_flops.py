@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Dict, List
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.common import USER_DIR, git_commit, machine, now, relative, write_json  # noqa: E402
-from bench.models import OPTIMISER, specs  # noqa: E402
+from bench.common import git_commit, machine, now, relative, write_json  # noqa: E402
+from bench.models import specs  # noqa: E402
+from bench.pipeline import model_args  # noqa: E402
 
 EXACT = "diffuseq_exact_region"
 
@@ -29,9 +30,7 @@ def build(name: str, size: str, data: Path, max_tokens: int, count: int):
     from fairseq import options, tasks, utils
     from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 
-    spec = specs(size)[name]
-    argv = [str(data), "--user-dir", str(USER_DIR), *spec.task, *spec.arch, *spec.criterion, *OPTIMISER,
-            "--max-tokens", str(max_tokens), "--seed", "1", "--cpu", "--num-workers", "0"]
+    argv = [*model_args(specs(size)[name], data, max_tokens), "--cpu", "--num-workers", "0"]
     args = options.parse_args_and_arch(options.get_training_parser(), input_args=argv)
     utils.import_user_module(args)
     cfg = convert_namespace_to_omegaconf(args)

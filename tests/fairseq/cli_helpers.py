@@ -15,6 +15,19 @@ def cli(name):
     return str(path) if path.exists() else name
 
 
+def build_in_process(data_bin, arch, *flags):
+    """(task, model) of ``--task text_diffusion --arch arch`` as fairseq-train builds them, in this process."""
+    from fairseq import options, tasks
+    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+
+    args = options.parse_args_and_arch(options.get_training_parser(), [
+        str(data_bin), "--user-dir", str(ROOT / "fairseq_plugins"), "--task", "text_diffusion", "--arch", arch,
+        "--criterion", "text_diffusion_loss", "--optimizer", "adam", "--cpu", *map(str, flags)])
+    cfg = convert_namespace_to_omegaconf(args)
+    task = tasks.setup_task(cfg.task)
+    return task, task.build_model(cfg.model)
+
+
 def run_cli(args, *, check=True, env_extra=None, **kwargs):
     """Run a command line (``env_extra``: more environment variables); on unexpected failure show its output."""
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")

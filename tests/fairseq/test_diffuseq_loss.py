@@ -1,22 +1,14 @@
 """DiffuSeq's rounding loss covers the target region only; it is computed on those columns alone."""
 import torch
-from fairseq import options, tasks
-from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 
 from difftext.losses.continuous import token_nll
-from tests.fairseq.cli_helpers import ROOT
+from tests.fairseq.cli_helpers import build_in_process
 
 
 def test_rounding_loss_on_the_region_columns_equals_the_masked_loss_over_every_column(data_bin):
-    parser = options.get_training_parser()
-    args = options.parse_args_and_arch(parser, [
-        str(data_bin), "--user-dir", str(ROOT / "fairseq_plugins"), "--task", "text_diffusion",
-        "--arch", "diffuseq_tiny", "--criterion", "text_diffusion_loss", "--optimizer", "adam", "--cpu",
-        "--label-smoothing", "0.1"])
-    cfg = convert_namespace_to_omegaconf(args)
-    task = tasks.setup_task(cfg.task)
+    task, model = build_in_process(data_bin, "diffuseq_tiny", "--label-smoothing", "0.1")
+    model.eval()
     task.load_dataset("valid")
-    model = task.build_model(cfg.model).eval()
     batch = next(task.get_batch_iterator(task.dataset("valid"), max_tokens=512, seed=1).next_epoch_itr(shuffle=False))
     src, tgt = batch["net_input"]["src_tokens"], batch["target"]
     assert src.size(1) > 1 and src.eq(task.source_dictionary.pad()).any()  # padded sources: columns to leave out

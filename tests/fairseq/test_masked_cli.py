@@ -230,10 +230,10 @@ def test_lm_task_refuses_a_seq2seq_arch(lm_bin, tmp_path):
 
 def test_seq2seq_task_refuses_a_language_model_arch(data_bin):
     from fairseq_plugins.errors import DifftextError
-    from tests.fairseq.test_no_flags import build
+    from tests.fairseq.cli_helpers import build_in_process
 
     with pytest.raises(DifftextError, match=r"--arch mdlm_lm_tiny is a language model; .*--task text_diffusion_lm"):
-        build(data_bin, "mdlm_lm_tiny")
+        build_in_process(data_bin, "mdlm_lm_tiny")
 
 
 def test_each_task_refuses_the_other_kind_of_data(data_bin, lm_bin):

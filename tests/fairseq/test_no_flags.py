@@ -1,19 +1,12 @@
 """Options that are on by default are turned off by ``--no-*`` flags (fairseq makes a boolean field that defaults to
 True a flag that turns it off, so such options are named for what the flag does)."""
 import pytest
-from fairseq import options, tasks
-from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 
-from tests.fairseq.cli_helpers import ROOT
+from tests.fairseq.cli_helpers import build_in_process
 
 
 def build(data_bin, arch, *flags):
-    parser = options.get_training_parser()
-    args = options.parse_args_and_arch(parser, [
-        str(data_bin), "--user-dir", str(ROOT / "fairseq_plugins"), "--task", "text_diffusion", "--arch", arch,
-        "--criterion", "text_diffusion_loss", "--optimizer", "adam", "--cpu", *flags])
-    cfg = convert_namespace_to_omegaconf(args)
-    return tasks.setup_task(cfg.task).build_model(cfg.model)
+    return build_in_process(data_bin, arch, *flags)[1]
 
 
 CASES = [  # arch, flag, what the model does by default / with the flag
